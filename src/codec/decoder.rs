@@ -1,0 +1,144 @@
+//! Bytes → frames: the zero-copy, shrinkable decoder.
+//!
+//! The connection owns one `BytesMut` read buffer (create it with
+//! [`FrameDecoder::new_buffer`]). Each complete frame leaves it as
+//! `split_to(len).freeze()`, and the frame's path, header entries and payload are slices
+//! of that `Bytes`: nothing is copied. Once the buffer is empty after having grown past
+//! the shrink threshold, it is replaced by a fresh small one, so a single 32 MiB message
+//! does not pin 32 MiB for the life of the connection.
+
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio_util::codec::Decoder;
+
+use super::{
+    CodecError, ErrorCode, Frame, FrameHeader, FrameKind, HEADER_LEN, HeaderMap, RequestFrame,
+    Utf8Bytes, ValidHeader,
+};
+
+/// Capacity of a fresh read buffer: enough for many small frames per `read` syscall,
+/// small enough that ten thousand idle connections cost little.
+pub const INITIAL_READ_CAPACITY: usize = 64 * 1024;
+
+/// Decoder state for one connection. Stateless apart from the shrink bookkeeping, so it
+/// can be driven by hand or through `tokio_util::codec::FramedRead`.
+#[derive(Debug, Clone)]
+pub struct FrameDecoder {
+    max_frame_len: usize,
+    shrink_threshold: usize,
+    /// Set once the read buffer has grown past the threshold; cleared when it is replaced.
+    oversized: bool,
+}
+
+impl FrameDecoder {
+    /// `max_frame_len` bounds whole frames, header included; `shrink_threshold` is the
+    /// capacity above which an emptied buffer is swapped for a fresh small one.
+    pub fn new(max_frame_len: usize, shrink_threshold: usize) -> Self {
+        Self {
+            max_frame_len,
+            shrink_threshold: shrink_threshold.max(INITIAL_READ_CAPACITY),
+            oversized: false,
+        }
+    }
+
+    /// A fresh read buffer of [`INITIAL_READ_CAPACITY`].
+    pub fn new_buffer(&self) -> BytesMut {
+        BytesMut::with_capacity(INITIAL_READ_CAPACITY)
+    }
+
+    /// Decodes one frame from the front of `src`.
+    ///
+    /// `Ok(None)` means more bytes are needed; when the header is complete, `src` has
+    /// room reserved for the rest of the frame (after the size check). Any `Err` means
+    /// the stream is out of sync and the connection must be closed.
+    pub fn decode_frame(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        let Some(header) = FrameHeader::parse(src, self.max_frame_len)? else {
+            self.shrink_if_idle(src);
+            return Ok(None);
+        };
+        let frame_len = header.frame_len();
+        if src.len() < frame_len {
+            src.reserve(frame_len - src.len());
+            self.note_capacity(src);
+            return Ok(None);
+        }
+        self.note_capacity(src);
+        let bytes = src.split_to(frame_len).freeze();
+        self.shrink_if_idle(src);
+        parse_frame(header, bytes).map(Some)
+    }
+
+    /// Called at end of input: leftover bytes mean the peer closed mid-frame.
+    pub fn check_eof(&self, src: &BytesMut) -> Result<(), CodecError> {
+        if src.is_empty() {
+            Ok(())
+        } else {
+            Err(CodecError::Truncated {
+                buffered: src.len(),
+            })
+        }
+    }
+
+    fn note_capacity(&mut self, src: &BytesMut) {
+        if src.capacity() > self.shrink_threshold {
+            self.oversized = true;
+        }
+    }
+
+    fn shrink_if_idle(&mut self, src: &mut BytesMut) {
+        if self.oversized && src.is_empty() {
+            *src = self.new_buffer();
+            self.oversized = false;
+        }
+    }
+}
+
+impl Decoder for FrameDecoder {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        self.decode_frame(src)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        match self.decode_frame(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None => self.check_eof(src).map(|()| None),
+        }
+    }
+}
+
+/// Splits a complete frame into its typed parts; all parts are slices of `bytes`.
+fn parse_frame(h: ValidHeader, mut bytes: Bytes) -> Result<Frame, CodecError> {
+    bytes.advance(HEADER_LEN);
+    let path = bytes.split_to(h.path_len);
+    let meta = bytes.split_to(h.meta_len);
+    let payload = bytes;
+    let stream_id = h.stream_id;
+    Ok(match h.kind {
+        FrameKind::Request => Frame::Request(RequestFrame {
+            stream_id,
+            path: Utf8Bytes::try_from_bytes(path, "endpoint path")?,
+            headers: HeaderMap::decode(meta)?,
+            payload,
+            timeout: (h.aux != 0).then(|| Duration::from_millis(u64::from(h.aux))),
+        }),
+        FrameKind::Data => Frame::Data { stream_id, payload },
+        FrameKind::End => Frame::End { stream_id, payload },
+        FrameKind::Error => Frame::Error {
+            stream_id,
+            code: ErrorCode::from_u32(h.aux),
+            message: Utf8Bytes::try_from_bytes(payload, "error message")?,
+        },
+        FrameKind::Cancel => Frame::Cancel { stream_id },
+        FrameKind::GoAway => Frame::GoAway {
+            last_stream_id: stream_id,
+            code: ErrorCode::from_u32(h.aux),
+            message: Utf8Bytes::try_from_bytes(payload, "go-away message")?,
+        },
+        FrameKind::Ping => Frame::Ping { opaque: stream_id },
+        FrameKind::Pong => Frame::Pong { opaque: stream_id },
+    })
+}

@@ -1,0 +1,366 @@
+//! Typed frames: what the decoder yields and what the encoder accepts.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::CodecError;
+
+/// A `Bytes` known to hold valid UTF-8 (endpoint paths, header entries, error messages).
+///
+/// Decoded values are slices of the connection's read buffer: no copy is made.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Utf8Bytes(Bytes);
+
+impl Utf8Bytes {
+    /// Wraps `bytes` after checking it is UTF-8; `field` names it in the error.
+    pub fn try_from_bytes(bytes: Bytes, field: &'static str) -> Result<Self, CodecError> {
+        match std::str::from_utf8(&bytes) {
+            Ok(_) => Ok(Self(bytes)),
+            Err(_) => Err(CodecError::InvalidUtf8 { field }),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // SAFETY: every constructor checks (or starts from) valid UTF-8 and the bytes are
+        // immutable afterwards.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&'static str> for Utf8Bytes {
+    fn from(s: &'static str) -> Self {
+        Self(Bytes::from_static(s.as_bytes()))
+    }
+}
+
+impl From<String> for Utf8Bytes {
+    fn from(s: String) -> Self {
+        Self(Bytes::from(s))
+    }
+}
+
+impl fmt::Debug for Utf8Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Utf8Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Request metadata: a small ordered list of UTF-8 name/value pairs (trace context,
+/// request id). Names are case-sensitive; duplicates are kept in order.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct HeaderMap {
+    entries: Vec<(Utf8Bytes, Utf8Bytes)>,
+}
+
+impl HeaderMap {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends an entry. Names must be non-empty; the encoder refuses the frame otherwise.
+    pub fn insert(&mut self, name: impl Into<Utf8Bytes>, value: impl Into<Utf8Bytes>) {
+        self.entries.push((name.into(), value.into()));
+    }
+
+    /// The first value stored under `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes this map takes on the wire: per entry `u16 name_len, name, u16 value_len, value`.
+    pub(crate) fn encoded_len(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|(k, v)| 4 + k.len() + v.len())
+            .sum()
+    }
+
+    pub(crate) fn encode_into(&self, dst: &mut bytes::BytesMut) {
+        use bytes::BufMut;
+        for (k, v) in &self.entries {
+            // Lengths were checked by `check_encodable` before anything was written.
+            dst.put_u16_le(k.len() as u16);
+            dst.put_slice(k.as_bytes());
+            dst.put_u16_le(v.len() as u16);
+            dst.put_slice(v.as_bytes());
+        }
+    }
+
+    fn check_encodable(&self) -> Result<(), CodecError> {
+        for (k, v) in &self.entries {
+            if k.is_empty() {
+                return Err(CodecError::BadHeaderMap("empty header name"));
+            }
+            for (field, len) in [("header name", k.len()), ("header value", v.len())] {
+                if len > usize::from(u16::MAX) {
+                    return Err(CodecError::PartTooLong {
+                        field,
+                        len,
+                        max: usize::from(u16::MAX),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses a header-map section; every name and value is a slice of `meta`.
+    pub(crate) fn decode(mut meta: Bytes) -> Result<Self, CodecError> {
+        let mut entries = Vec::new();
+        while !meta.is_empty() {
+            let name = take_prefixed(&mut meta, "header name")?;
+            if name.is_empty() {
+                return Err(CodecError::BadHeaderMap("empty header name"));
+            }
+            let value = take_prefixed(&mut meta, "header value")?;
+            entries.push((name, value));
+        }
+        Ok(Self { entries })
+    }
+}
+
+fn take_prefixed(buf: &mut Bytes, field: &'static str) -> Result<Utf8Bytes, CodecError> {
+    if buf.len() < 2 {
+        return Err(CodecError::BadHeaderMap(
+            "section ends inside a length prefix",
+        ));
+    }
+    let len = usize::from(u16::from_le_bytes([buf[0], buf[1]]));
+    if buf.len() - 2 < len {
+        return Err(CodecError::BadHeaderMap(
+            "an entry's length runs past the end of the section",
+        ));
+    }
+    let mut entry = buf.split_to(2 + len);
+    let _ = entry.split_to(2);
+    Utf8Bytes::try_from_bytes(entry, field)
+}
+
+impl fmt::Debug for HeaderMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<K: Into<Utf8Bytes>, V: Into<Utf8Bytes>> FromIterator<(K, V)> for HeaderMap {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self {
+            entries: iter
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+}
+
+/// Error codes carried by `Error` and `GoAway` frames. Unknown codes from a newer peer
+/// decode as [`ErrorCode::Other`] rather than failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Graceful go-away; never used on an `Error` frame.
+    NoError,
+    /// The peer sent a malformed frame; the connection is closed.
+    Protocol,
+    /// A frame exceeded the receiver's maximum message size.
+    FrameTooLarge,
+    /// No handler is registered for the requested endpoint path.
+    UnknownEndpoint,
+    /// The server is at its concurrency limit; retrying later may succeed.
+    Overloaded,
+    /// The handler itself failed; the message is the handler's.
+    Handler,
+    /// The stream was cancelled.
+    Cancelled,
+    /// The request's deadline passed on the server.
+    DeadlineExceeded,
+    /// The server is shutting down and takes no new requests.
+    ShuttingDown,
+    /// A request reused a stream id that is still open.
+    StreamIdInUse,
+    /// An unexpected failure inside the peer.
+    Internal,
+    Other(u32),
+}
+
+impl ErrorCode {
+    pub fn to_u32(self) -> u32 {
+        match self {
+            Self::NoError => 0,
+            Self::Protocol => 1,
+            Self::FrameTooLarge => 2,
+            Self::UnknownEndpoint => 3,
+            Self::Overloaded => 4,
+            Self::Handler => 5,
+            Self::Cancelled => 6,
+            Self::DeadlineExceeded => 7,
+            Self::ShuttingDown => 8,
+            Self::StreamIdInUse => 9,
+            Self::Internal => 10,
+            Self::Other(code) => code,
+        }
+    }
+
+    pub fn from_u32(code: u32) -> Self {
+        match code {
+            0 => Self::NoError,
+            1 => Self::Protocol,
+            2 => Self::FrameTooLarge,
+            3 => Self::UnknownEndpoint,
+            4 => Self::Overloaded,
+            5 => Self::Handler,
+            6 => Self::Cancelled,
+            7 => Self::DeadlineExceeded,
+            8 => Self::ShuttingDown,
+            9 => Self::StreamIdInUse,
+            10 => Self::Internal,
+            other => Self::Other(other),
+        }
+    }
+}
+
+/// A request: the first frame of every stream, sent by the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestFrame {
+    pub stream_id: u64,
+    /// Endpoint path, `namespace/component/endpoint[/instance]`.
+    pub path: Utf8Bytes,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+    /// Time the client will still wait for the last response, if it set a deadline.
+    pub timeout: Option<Duration>,
+}
+
+/// One protocol frame. See `PROTOCOL.md` for what each side does with each kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Request(RequestFrame),
+    /// One response item on an open stream.
+    Data {
+        stream_id: u64,
+        payload: Bytes,
+    },
+    /// Successful end of a stream, optionally carrying a last item (non-empty payload).
+    End {
+        stream_id: u64,
+        payload: Bytes,
+    },
+    /// Failed end of a stream.
+    Error {
+        stream_id: u64,
+        code: ErrorCode,
+        message: Utf8Bytes,
+    },
+    /// Client asks the server to stop producing responses for a stream.
+    Cancel {
+        stream_id: u64,
+    },
+    /// The sender takes no streams above `last_stream_id`; in-flight ones may finish.
+    GoAway {
+        last_stream_id: u64,
+        code: ErrorCode,
+        message: Utf8Bytes,
+    },
+    Ping {
+        opaque: u64,
+    },
+    Pong {
+        opaque: u64,
+    },
+}
+
+impl Frame {
+    /// The stream this frame belongs to; 0 for connection-level frames.
+    pub fn stream_id(&self) -> u64 {
+        match self {
+            Self::Request(r) => r.stream_id,
+            Self::Data { stream_id, .. }
+            | Self::End { stream_id, .. }
+            | Self::Error { stream_id, .. }
+            | Self::Cancel { stream_id } => *stream_id,
+            Self::GoAway { .. } | Self::Ping { .. } | Self::Pong { .. } => 0,
+        }
+    }
+
+    /// The payload part (error and go-away messages travel there too).
+    pub(crate) fn payload(&self) -> &Bytes {
+        static EMPTY: Bytes = Bytes::new();
+        match self {
+            Self::Request(r) => &r.payload,
+            Self::Data { payload, .. } | Self::End { payload, .. } => payload,
+            Self::Error { message, .. } | Self::GoAway { message, .. } => message.as_bytes(),
+            Self::Cancel { .. } | Self::Ping { .. } | Self::Pong { .. } => &EMPTY,
+        }
+    }
+
+    /// Total bytes on the wire, or an error if a part exceeds its field or the whole frame
+    /// exceeds `max_frame_len`. Nothing is written when this fails.
+    pub fn checked_len(&self, max_frame_len: usize) -> Result<usize, CodecError> {
+        let (path_len, meta_len) = match self {
+            Self::Request(r) => {
+                if r.path.is_empty() {
+                    return Err(CodecError::LengthMismatch {
+                        kind: super::FrameKind::Request,
+                        detail: "a request needs a non-empty endpoint path",
+                    });
+                }
+                r.headers.check_encodable()?;
+                (r.path.len(), r.headers.encoded_len())
+            }
+            _ => (0, 0),
+        };
+        let limits = [
+            ("endpoint path", path_len, usize::from(u16::MAX)),
+            ("header map", meta_len, usize::from(u16::MAX)),
+            ("payload", self.payload().len(), u32::MAX as usize),
+        ];
+        for (field, len, max) in limits {
+            if len > max {
+                return Err(CodecError::PartTooLong { field, len, max });
+            }
+        }
+        let total = super::HEADER_LEN + path_len + meta_len + self.payload().len();
+        if total > max_frame_len {
+            return Err(CodecError::FrameTooLarge {
+                size: total as u64,
+                max: max_frame_len,
+            });
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,576 @@
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use proptest::prelude::*;
+use zerocopy::IntoBytes;
+
+use super::*;
+
+const MAX: usize = 32 * 1024 * 1024;
+const SHRINK: usize = 8 * 1024 * 1024;
+
+fn decoder() -> FrameDecoder {
+    FrameDecoder::new(MAX, SHRINK)
+}
+
+fn encode(frame: &Frame) -> BytesMut {
+    let mut buf = BytesMut::new();
+    encode_frame(frame, MAX, &mut buf).unwrap();
+    buf
+}
+
+fn decode_all(dec: &mut FrameDecoder, buf: &mut BytesMut) -> Result<Vec<Frame>, CodecError> {
+    let mut out = Vec::new();
+    while let Some(frame) = dec.decode_frame(buf)? {
+        out.push(frame);
+    }
+    Ok(out)
+}
+
+fn request(stream_id: u64, payload: &'static [u8]) -> Frame {
+    Frame::Request(RequestFrame {
+        stream_id,
+        path: "ns/comp/generate/7".into(),
+        headers: [("traceparent", "00-abc-def-01"), ("x-request-id", "r-1")]
+            .into_iter()
+            .collect(),
+        payload: Bytes::from_static(payload),
+        timeout: Some(Duration::from_millis(1500)),
+    })
+}
+
+fn every_kind() -> Vec<Frame> {
+    vec![
+        request(1, b"hello"),
+        Frame::Request(RequestFrame {
+            stream_id: 2,
+            path: "a".into(),
+            headers: HeaderMap::new(),
+            payload: Bytes::new(),
+            timeout: None,
+        }),
+        Frame::Data {
+            stream_id: 1,
+            payload: Bytes::from_static(b"chunk"),
+        },
+        Frame::End {
+            stream_id: 1,
+            payload: Bytes::new(),
+        },
+        Frame::End {
+            stream_id: 3,
+            payload: Bytes::from_static(b"last"),
+        },
+        Frame::Error {
+            stream_id: 4,
+            code: ErrorCode::UnknownEndpoint,
+            message: "no handler for ns/x/y".into(),
+        },
+        Frame::Error {
+            stream_id: 5,
+            code: ErrorCode::Other(4242),
+            message: "future".into(),
+        },
+        Frame::Cancel { stream_id: 1 },
+        Frame::GoAway {
+            last_stream_id: 9,
+            code: ErrorCode::NoError,
+            message: "draining".into(),
+        },
+        Frame::Ping {
+            opaque: 0xdead_beef,
+        },
+        Frame::Pong { opaque: u64::MAX },
+    ]
+}
+
+fn header_bytes(kind: u8, path: u16, meta: u16, payload: u32) -> BytesMut {
+    let mut buf = BytesMut::new();
+    buf.put_slice(FrameHeader::new(FrameKind::Data, 1, path, meta, payload, 0).as_bytes());
+    buf[2] = kind;
+    buf
+}
+
+#[test]
+fn every_kind_round_trips() {
+    for frame in every_kind() {
+        let mut buf = encode(&frame);
+        assert_eq!(buf.len(), frame.checked_len(MAX).unwrap());
+        let decoded = decoder().decode_frame(&mut buf).unwrap();
+        assert_eq!(decoded.as_ref(), Some(&frame));
+        assert!(buf.is_empty());
+    }
+}
+
+#[test]
+fn every_error_code_round_trips() {
+    for n in 0..=11 {
+        assert_eq!(ErrorCode::from_u32(n).to_u32(), n);
+    }
+}
+
+#[test]
+fn header_is_24_bytes_little_endian() {
+    let buf = encode(&Frame::Data {
+        stream_id: 0x0102,
+        payload: Bytes::from_static(b"xyz"),
+    });
+    assert_eq!(
+        &buf[..HEADER_LEN],
+        &[
+            0xB7, 1, 2, 0, 0, 0, 0, 0, 0x02, 0x01, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0
+        ]
+    );
+}
+
+#[test]
+fn byte_at_a_time_and_every_split_match_one_piece() {
+    let frames = every_kind();
+    let mut whole = BytesMut::new();
+    for f in &frames {
+        whole.extend_from_slice(&encode(f));
+    }
+    let mut dec = decoder();
+    let mut buf = BytesMut::new();
+    let mut trickled = Vec::new();
+    for byte in whole.iter() {
+        buf.put_u8(*byte);
+        trickled.extend(decode_all(&mut dec, &mut buf).unwrap());
+    }
+    assert_eq!(trickled, frames);
+
+    for split in 0..=whole.len() {
+        let mut dec = decoder();
+        let mut buf = BytesMut::from(&whole[..split]);
+        let mut out = decode_all(&mut dec, &mut buf).unwrap();
+        buf.extend_from_slice(&whole[split..]);
+        out.extend(decode_all(&mut dec, &mut buf).unwrap());
+        assert_eq!(out, frames, "split at {split}");
+    }
+}
+
+#[test]
+fn decoded_parts_point_into_the_read_buffer() {
+    let mut buf = encode(&request(1, &[7u8; 4096]));
+    let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
+    let Some(Frame::Request(req)) = decoder().decode_frame(&mut buf).unwrap() else {
+        panic!("expected a request");
+    };
+    for ptr in [req.payload.as_ptr(), req.path.as_bytes().as_ptr()] {
+        assert!(
+            range.contains(&(ptr as usize)),
+            "part was copied out of the read buffer"
+        );
+    }
+    let value = req.headers.get("x-request-id").unwrap();
+    assert!(range.contains(&(value.as_ptr() as usize)));
+}
+
+#[test]
+fn oversize_frame_is_refused_from_its_header_alone() {
+    let mut dec = FrameDecoder::new(1024 * 1024, 1024 * 1024);
+    let mut buf = header_bytes(FrameKind::Data as u8, 0, 0, 64 * 1024 * 1024);
+    let cap_before = buf.capacity();
+    let err = dec.decode_frame(&mut buf).unwrap_err();
+    assert!(
+        matches!(err, CodecError::FrameTooLarge { size, max: 1048576 } if size == 64 * 1024 * 1024 + 24),
+        "{err}"
+    );
+    assert!(err.to_string().contains("DYN_TCP_MAX_MESSAGE_SIZE"));
+    assert_eq!(
+        buf.capacity(),
+        cap_before,
+        "memory was reserved for a refused frame"
+    );
+}
+
+#[test]
+fn frame_exactly_at_the_limit_is_accepted() {
+    let max = 1000;
+    let frame = Frame::Data {
+        stream_id: 1,
+        payload: Bytes::from(vec![1u8; max - HEADER_LEN]),
+    };
+    let mut buf = BytesMut::new();
+    encode_frame(&frame, max, &mut buf).unwrap();
+    assert_eq!(
+        FrameDecoder::new(max, max).decode_frame(&mut buf).unwrap(),
+        Some(frame)
+    );
+    let over = Frame::Data {
+        stream_id: 1,
+        payload: Bytes::from(vec![1u8; max - HEADER_LEN + 1]),
+    };
+    assert!(matches!(
+        encode_frame(&over, max, &mut BytesMut::new()),
+        Err(CodecError::FrameTooLarge {
+            size: 1001,
+            max: 1000
+        })
+    ));
+}
+
+#[test]
+fn partial_frame_reserves_only_after_the_size_check() {
+    let frame = Frame::Data {
+        stream_id: 1,
+        payload: Bytes::from(vec![0u8; 200_000]),
+    };
+    let whole = encode(&frame);
+    let mut dec = decoder();
+    let mut buf = BytesMut::from(&whole[..HEADER_LEN]);
+    assert_eq!(dec.decode_frame(&mut buf).unwrap(), None);
+    assert!(
+        buf.capacity() >= whole.len(),
+        "room for the body is reserved once"
+    );
+}
+
+#[test]
+fn buffer_shrinks_after_a_32_mib_message() {
+    let payload = Bytes::from(vec![0xabu8; MAX - HEADER_LEN]);
+    let whole = encode(&Frame::Data {
+        stream_id: 1,
+        payload,
+    });
+    let mut dec = decoder();
+    let mut buf = dec.new_buffer();
+    let small = buf.capacity();
+    for chunk in whole.chunks(1 << 20) {
+        buf.extend_from_slice(chunk);
+        if let Some(frame) = dec.decode_frame(&mut buf).unwrap() {
+            assert_eq!(frame.payload().len(), MAX - HEADER_LEN);
+        }
+    }
+    assert!(buf.is_empty());
+    assert_eq!(buf.capacity(), small);
+    assert_eq!(small, INITIAL_READ_CAPACITY);
+}
+
+#[test]
+fn small_frames_do_not_trigger_reallocation() {
+    let mut dec = decoder();
+    let mut buf = dec.new_buffer();
+    let ptr = buf.as_ptr();
+    buf.extend_from_slice(&encode(&request(1, b"x")));
+    assert!(dec.decode_frame(&mut buf).unwrap().is_some());
+    buf.extend_from_slice(&encode(&request(2, b"y")));
+    assert!(dec.decode_frame(&mut buf).unwrap().is_some());
+    assert!(buf.as_ptr() > ptr, "the same allocation keeps being used");
+}
+
+#[test]
+fn truncated_input_is_reported_at_eof() {
+    let whole = encode(&request(1, b"hello"));
+    let mut dec = decoder();
+    let mut buf = BytesMut::from(&whole[..whole.len() - 1]);
+    assert_eq!(dec.decode_frame(&mut buf).unwrap(), None);
+    let err = dec.check_eof(&buf).unwrap_err();
+    assert!(matches!(err, CodecError::Truncated { buffered } if buffered == whole.len() - 1));
+    assert!(dec.check_eof(&BytesMut::new()).is_ok());
+}
+
+fn decode_err(mut buf: BytesMut) -> CodecError {
+    decoder()
+        .decode_frame(&mut buf)
+        .expect_err("malformed input must be refused")
+}
+
+#[test]
+fn malformed_headers_name_the_problem() {
+    let mut bad_magic = header_bytes(2, 0, 0, 0);
+    bad_magic[0] = b'G';
+    assert!(matches!(decode_err(bad_magic), CodecError::BadMagic(b'G')));
+
+    let mut bad_version = header_bytes(2, 0, 0, 0);
+    bad_version[1] = 9;
+    let err = decode_err(bad_version);
+    assert!(matches!(err, CodecError::UnsupportedVersion(9)));
+    assert!(err.to_string().contains("version 9"));
+
+    assert!(matches!(
+        decode_err(header_bytes(0, 0, 0, 0)),
+        CodecError::UnknownKind(0)
+    ));
+    assert!(matches!(
+        decode_err(header_bytes(200, 0, 0, 0)),
+        CodecError::UnknownKind(200)
+    ));
+
+    let mut flags = header_bytes(2, 0, 0, 0);
+    flags[3] = 0x80;
+    assert!(matches!(decode_err(flags), CodecError::UnknownFlags(0x80)));
+}
+
+#[test]
+fn disagreeing_lengths_are_refused() {
+    let cases = [
+        (FrameKind::Data, 3, 0, 0),
+        (FrameKind::End, 0, 4, 0),
+        (FrameKind::Cancel, 0, 0, 5),
+        (FrameKind::Ping, 0, 0, 8),
+        (FrameKind::Request, 0, 0, 1),
+    ];
+    for (kind, path, meta, payload) in cases {
+        let err = decode_err(header_bytes(kind as u8, path, meta, payload));
+        assert!(
+            matches!(err, CodecError::LengthMismatch { kind: k, .. } if k == kind),
+            "{err}"
+        );
+    }
+}
+
+fn raw_request(path: &[u8], meta: &[u8]) -> BytesMut {
+    let mut buf = header_bytes(
+        FrameKind::Request as u8,
+        path.len() as u16,
+        meta.len() as u16,
+        0,
+    );
+    buf.put_slice(path);
+    buf.put_slice(meta);
+    buf
+}
+
+#[test]
+fn invalid_utf8_is_refused() {
+    let err = decode_err(raw_request(b"ns/\xff/x", b""));
+    assert!(
+        matches!(
+            err,
+            CodecError::InvalidUtf8 {
+                field: "endpoint path"
+            }
+        ),
+        "{err}"
+    );
+    let err = decode_err(raw_request(b"a", b"\x01\x00k\x01\x00\xc3"));
+    assert!(
+        matches!(
+            err,
+            CodecError::InvalidUtf8 {
+                field: "header value"
+            }
+        ),
+        "{err}"
+    );
+
+    let mut bad_message = header_bytes(FrameKind::Error as u8, 0, 0, 2);
+    bad_message.put_slice(b"\xc3\x28");
+    assert!(matches!(
+        decode_err(bad_message),
+        CodecError::InvalidUtf8 {
+            field: "error message"
+        }
+    ));
+}
+
+#[test]
+fn unparseable_header_maps_are_refused() {
+    for meta in [
+        &b"\x05"[..],                // length prefix cut short
+        &b"\x09\x00abc"[..],         // name runs past the section
+        &b"\x01\x00k"[..],           // value length missing
+        &b"\x01\x00k\x05\x00ab"[..], // value runs past the section
+        &b"\x00\x00\x01\x00v"[..],   // empty name
+    ] {
+        let err = decode_err(raw_request(b"a", meta));
+        assert!(
+            matches!(err, CodecError::BadHeaderMap(_)),
+            "{meta:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn encoder_refuses_what_the_wire_cannot_carry_without_writing() {
+    let mut q = WriteQueue::new();
+    let long_path = Frame::Request(RequestFrame {
+        stream_id: 1,
+        path: "p".repeat(70_000).into(),
+        headers: HeaderMap::new(),
+        payload: Bytes::new(),
+        timeout: None,
+    });
+    assert!(matches!(
+        q.push(&long_path, MAX),
+        Err(CodecError::PartTooLong {
+            field: "endpoint path",
+            ..
+        })
+    ));
+    let mut empty_name = HeaderMap::new();
+    empty_name.insert("", "v");
+    let bad = Frame::Request(RequestFrame {
+        stream_id: 1,
+        path: "a".into(),
+        headers: empty_name,
+        payload: Bytes::new(),
+        timeout: None,
+    });
+    assert!(matches!(
+        q.push(&bad, MAX),
+        Err(CodecError::BadHeaderMap(_))
+    ));
+    let big = Frame::Data {
+        stream_id: 1,
+        payload: Bytes::from(vec![0; 2048]),
+    };
+    assert!(matches!(
+        q.push(&big, 1024),
+        Err(CodecError::FrameTooLarge { .. })
+    ));
+    assert!(q.is_empty());
+    assert_eq!(q.remaining(), 0);
+}
+
+#[test]
+fn timeouts_survive_the_wire_at_millisecond_resolution() {
+    let with = |timeout| {
+        Frame::Request(RequestFrame {
+            stream_id: 1,
+            path: "a".into(),
+            headers: HeaderMap::new(),
+            payload: Bytes::new(),
+            timeout,
+        })
+    };
+    let decoded = |timeout| match decoder().decode_frame(&mut encode(&with(timeout))).unwrap() {
+        Some(Frame::Request(r)) => r.timeout,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        decoded(Some(Duration::from_micros(10))),
+        Some(Duration::from_millis(1))
+    );
+    assert_eq!(
+        decoded(Some(Duration::from_secs(10))),
+        Some(Duration::from_secs(10))
+    );
+    assert_eq!(decoded(None), None);
+}
+
+#[test]
+fn write_queue_keeps_large_payloads_uncopied_and_in_order() {
+    let big = Bytes::from(vec![9u8; FLATTEN_BELOW * 2]);
+    let frames = vec![
+        request(1, b"small"),
+        Frame::Data {
+            stream_id: 1,
+            payload: big.clone(),
+        },
+        Frame::End {
+            stream_id: 1,
+            payload: Bytes::from_static(b"tail"),
+        },
+    ];
+    let mut q = WriteQueue::new();
+    for f in &frames {
+        q.push(f, MAX).unwrap();
+    }
+    let mut slices = [std::io::IoSlice::new(&[]); 64];
+    let n = q.chunks_vectored(&mut slices);
+    assert_eq!(n, 3, "prefix, big payload, flattened tail");
+    assert_eq!(
+        slices[1].as_ptr(),
+        big.as_ptr(),
+        "large payload went out without a copy"
+    );
+
+    let mut wire = BytesMut::new();
+    while q.has_remaining() {
+        // Advance in odd steps to cross chunk boundaries mid-chunk.
+        let step = q.chunk().len().min(1000);
+        wire.extend_from_slice(&q.chunk()[..step]);
+        q.advance(step);
+    }
+    assert_eq!(decode_all(&mut decoder(), &mut wire).unwrap(), frames);
+}
+
+fn arb_utf8(max: usize) -> impl Strategy<Value = String> {
+    proptest::collection::vec(any::<char>(), 0..max).prop_map(|v| v.into_iter().collect())
+}
+
+fn arb_frame() -> impl Strategy<Value = Frame> {
+    let payload = proptest::collection::vec(any::<u8>(), 0..40_000).prop_map(Bytes::from);
+    let headers = proptest::collection::vec(
+        (
+            arb_utf8(8).prop_filter("non-empty", |s| !s.is_empty()),
+            arb_utf8(16),
+        ),
+        0..6,
+    )
+    .prop_map(|v| v.into_iter().collect::<HeaderMap>());
+    prop_oneof![
+        (
+            any::<u64>(),
+            arb_utf8(40).prop_filter("non-empty", |s| !s.is_empty()),
+            headers,
+            payload.clone(),
+            proptest::option::of(1u64..100_000)
+        )
+            .prop_map(|(stream_id, path, headers, payload, ms)| Frame::Request(
+                RequestFrame {
+                    stream_id,
+                    path: path.into(),
+                    headers,
+                    payload,
+                    timeout: ms.map(Duration::from_millis),
+                }
+            )),
+        (any::<u64>(), payload.clone())
+            .prop_map(|(stream_id, payload)| Frame::Data { stream_id, payload }),
+        (any::<u64>(), payload).prop_map(|(stream_id, payload)| Frame::End { stream_id, payload }),
+        (any::<u64>(), any::<u32>(), arb_utf8(60)).prop_map(|(stream_id, code, m)| Frame::Error {
+            stream_id,
+            code: ErrorCode::from_u32(code),
+            message: m.into(),
+        }),
+        any::<u64>().prop_map(|stream_id| Frame::Cancel { stream_id }),
+        (any::<u64>(), any::<u32>(), arb_utf8(60)).prop_map(|(id, code, m)| Frame::GoAway {
+            last_stream_id: id,
+            code: ErrorCode::from_u32(code),
+            message: m.into(),
+        }),
+        any::<u64>().prop_map(|opaque| Frame::Ping { opaque }),
+        any::<u64>().prop_map(|opaque| Frame::Pong { opaque }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn encode_decode_round_trips_at_any_split(
+        frames in proptest::collection::vec(arb_frame(), 1..8),
+        splits in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+    ) {
+        let mut q = WriteQueue::new();
+        for f in &frames {
+            q.push(f, MAX).unwrap();
+        }
+        let wire = q.copy_to_bytes(q.remaining());
+        let mut cuts: Vec<usize> = splits.iter().map(|i| i.index(wire.len() + 1)).collect();
+        cuts.push(wire.len());
+        cuts.sort_unstable();
+        let mut dec = decoder();
+        let mut buf = dec.new_buffer();
+        let mut out = Vec::new();
+        let mut at = 0;
+        for cut in cuts {
+            buf.extend_from_slice(&wire[at..cut]);
+            at = cut;
+            out.extend(decode_all(&mut dec, &mut buf).unwrap());
+        }
+        prop_assert_eq!(out, frames);
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut dec = FrameDecoder::new(4096, 4096);
+        let mut buf = BytesMut::from(&bytes[..]);
+        while let Ok(Some(_)) = dec.decode_frame(&mut buf) {}
+        prop_assert!(buf.capacity() <= 4096 + bytes.len());
+    }
+}
