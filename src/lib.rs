@@ -1,6 +1,18 @@
 //! planewire: the communication planes of a distributed inference runtime.
 //!
-//! See `README.md` for the architecture and `PROTOCOL.md` for the wire format.
+//! - [`codec`]: the wire format, bytes ⇄ frames, no I/O (specified in `PROTOCOL.md`).
+//! - [`tcp`]: the default request plane, a multiplexed framed TCP server and client.
+//! - [`pool`]: client connections per remote address.
+//! - [`planes`]: the transport-neutral traits (`RequestPlaneClient`, `RequestPlaneServer`).
+//! - [`config`]: settings and the `DYN_*` environment.
+//!
+//! # Cancel safety
+//! Dropping a [`tcp::ResponseStream`] before its end sends a cancel frame; the server's
+//! handler sees its `CancellationToken` fire and its response stream is dropped.
 
 pub mod codec;
 pub mod config;
+pub mod planes;
+pub mod pool;
+mod sync;
+pub mod tcp;

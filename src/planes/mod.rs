@@ -1,0 +1,13 @@
+//! The planes' thin traits and their backends.
+//!
+//! The request plane is [`RequestPlaneClient`] + [`RequestPlaneServer`]; the TCP
+//! implementation lives in [`crate::tcp`].
+
+mod error;
+mod request;
+
+pub use error::{HandlerError, RegisterError, RequestError};
+pub use request::{
+    EndpointPath, Handler, HandlerStream, Request, RequestPlaneClient, RequestPlaneServer,
+    unary_handler,
+};

@@ -1,0 +1,164 @@
+//! Client connections, pooled per remote address.
+//!
+//! Each address gets up to `DYN_TCP_POOL_SIZE` connections. A request goes to the usable
+//! connection with the fewest streams in flight; a new connection is opened only when
+//! every open one already carries [`GROW_AT_IN_FLIGHT`] streams (multiplexing makes one
+//! connection enough for light load). Connections in progress count against the size,
+//! so a burst of first calls opens at most `pool_size` sockets; callers beyond that wait
+//! for one to come up. Dead or draining connections are pruned on the next pick.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::config::TcpConfig;
+use crate::planes::RequestError;
+use crate::sync::lock;
+use crate::tcp::ClientConnection;
+
+/// Streams per connection at which the pool opens another connection.
+pub const GROW_AT_IN_FLIGHT: usize = 8;
+
+/// All pools of one client, by address string.
+#[derive(Default)]
+pub(crate) struct Pools {
+    by_address: Mutex<HashMap<String, Arc<AddressPool>>>,
+}
+
+impl Pools {
+    pub(crate) fn get(&self, address: &str, config: &TcpConfig) -> Arc<AddressPool> {
+        let mut pools = lock(&self.by_address);
+        if let Some(pool) = pools.get(address) {
+            return Arc::clone(pool);
+        }
+        let pool = Arc::new(AddressPool::new(address, config.clone()));
+        pools.insert(address.to_owned(), Arc::clone(&pool));
+        pool
+    }
+
+    pub(crate) fn existing(&self, address: &str) -> Option<Arc<AddressPool>> {
+        lock(&self.by_address).get(address).cloned()
+    }
+}
+
+struct State {
+    connections: Vec<Arc<ClientConnection>>,
+    connecting: usize,
+}
+
+/// The connections to one remote address.
+pub(crate) struct AddressPool {
+    address: String,
+    config: TcpConfig,
+    state: Mutex<State>,
+    /// Signalled when a connect attempt finishes, so waiting callers look again.
+    changed: Notify,
+}
+
+enum Pick {
+    Use(Arc<ClientConnection>),
+    Connect,
+    Wait,
+}
+
+impl AddressPool {
+    fn new(address: &str, config: TcpConfig) -> Self {
+        Self {
+            address: address.to_owned(),
+            config,
+            state: Mutex::new(State {
+                connections: Vec::new(),
+                connecting: 0,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    /// A connection to send on, connecting if the pool should grow.
+    pub(crate) async fn connection(&self) -> Result<Arc<ClientConnection>, RequestError> {
+        loop {
+            // Subscribe before looking, so a connect finishing in between is not missed.
+            let changed = self.changed.notified();
+            match self.pick() {
+                Pick::Use(conn) => return Ok(conn),
+                Pick::Wait => changed.await,
+                Pick::Connect => return self.grow().await,
+            }
+        }
+    }
+
+    fn pick(&self) -> Pick {
+        let mut state = lock(&self.state);
+        state
+            .connections
+            .retain(|c| c.is_usable() || (!c.is_closed() && c.in_flight() > 0));
+        let best = state
+            .connections
+            .iter()
+            .filter(|c| c.is_usable())
+            .min_by_key(|c| c.in_flight())
+            .cloned();
+        let room = state.connections.len() + state.connecting < self.config.pool_size;
+        match best {
+            Some(conn) if conn.in_flight() < GROW_AT_IN_FLIGHT || !room => Pick::Use(conn),
+            _ if room => {
+                state.connecting += 1;
+                Pick::Connect
+            }
+            Some(conn) => Pick::Use(conn),
+            None => Pick::Wait,
+        }
+    }
+
+    async fn grow(&self) -> Result<Arc<ClientConnection>, RequestError> {
+        let result = match self.resolve().await {
+            Ok(target) => ClientConnection::connect(&self.address, target, &self.config).await,
+            Err(err) => Err(err),
+        };
+        let mut state = lock(&self.state);
+        state.connecting -= 1;
+        let result = result.map(|conn| {
+            let conn = Arc::new(conn);
+            state.connections.push(Arc::clone(&conn));
+            conn
+        });
+        drop(state);
+        self.changed.notify_waiters();
+        result
+    }
+
+    async fn resolve(&self) -> Result<SocketAddr, RequestError> {
+        if let Ok(addr) = self.address.parse() {
+            return Ok(addr);
+        }
+        let invalid = |reason: String| RequestError::InvalidAddress {
+            address: self.address.clone(),
+            reason,
+        };
+        let mut addrs = tokio::net::lookup_host(&self.address)
+            .await
+            .map_err(|e| invalid(format!("expected HOST:PORT ({e})")))?;
+        addrs
+            .next()
+            .ok_or_else(|| invalid("the host name resolved to no address".to_owned()))
+    }
+
+    /// Open connections, live or draining.
+    pub(crate) fn connection_count(&self) -> usize {
+        lock(&self.state)
+            .connections
+            .iter()
+            .filter(|c| !c.is_closed())
+            .count()
+    }
+
+    pub(crate) fn read_buffer_capacities(&self) -> Vec<usize> {
+        lock(&self.state)
+            .connections
+            .iter()
+            .map(|c| c.read_buffer_capacity())
+            .collect()
+    }
+}

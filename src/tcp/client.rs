@@ -1,0 +1,95 @@
+//! The TCP request-plane client: pooled, multiplexed, with deadlines and cancel-on-drop.
+
+use tokio::time::Instant;
+
+use crate::codec::{Frame, RequestFrame};
+use crate::config::TcpConfig;
+use crate::planes::{Request, RequestError, RequestPlaneClient};
+use crate::pool::Pools;
+
+pub use super::client_conn::ResponseStream;
+
+/// Sends requests to TCP request-plane servers. Cheap to share: wrap it in an `Arc`.
+pub struct TcpClient {
+    config: TcpConfig,
+    pools: Pools,
+}
+
+impl TcpClient {
+    /// A client with `config` (validated here).
+    pub fn new(config: TcpConfig) -> Result<Self, crate::config::ConfigError> {
+        Ok(Self {
+            config: config.validate()?,
+            pools: Pools::default(),
+        })
+    }
+
+    pub fn config(&self) -> &TcpConfig {
+        &self.config
+    }
+
+    /// Sends `request` to the server at `address` (`host:port`).
+    ///
+    /// A request over `DYN_TCP_MAX_MESSAGE_SIZE` is refused here, before any connection
+    /// is made or byte written. `DYN_TCP_REQUEST_TIMEOUT` bounds the whole request, from
+    /// this call to the last response.
+    pub async fn call(
+        &self,
+        address: &str,
+        request: Request,
+    ) -> Result<ResponseStream, RequestError> {
+        let timeout = self.config.request_timeout;
+        let deadline = Instant::now() + timeout;
+        check_size(&request, self.config.max_message_size)?;
+        let pool = self.pools.get(address, &self.config);
+        let start = async {
+            let conn = pool.connection().await?;
+            conn.start(request, deadline, timeout).await
+        };
+        tokio::time::timeout_at(deadline, start)
+            .await
+            .map_err(|_| RequestError::Timeout { timeout })?
+    }
+
+    /// Open connections to `address`.
+    pub fn connection_count(&self, address: &str) -> usize {
+        self.pools
+            .existing(address)
+            .map_or(0, |pool| pool.connection_count())
+    }
+
+    /// Read-buffer capacity of each connection to `address`.
+    pub fn connection_buffer_capacities(&self, address: &str) -> Vec<usize> {
+        self.pools
+            .existing(address)
+            .map_or_else(Vec::new, |pool| pool.read_buffer_capacities())
+    }
+}
+
+/// Refuses a request the wire cannot carry, naming the size and the limit.
+fn check_size(request: &Request, max: usize) -> Result<(), RequestError> {
+    // Only lengths matter here; the clones are reference-count bumps, not copies.
+    let probe = Frame::Request(RequestFrame {
+        stream_id: 1,
+        path: request.path.clone(),
+        headers: request.headers.clone(),
+        payload: request.payload.clone(),
+        timeout: None,
+    });
+    probe
+        .checked_len(max)
+        .map(|_| ())
+        .map_err(RequestError::from_encode)
+}
+
+impl RequestPlaneClient for TcpClient {
+    type Responses = ResponseStream;
+
+    async fn request(
+        &self,
+        address: &str,
+        request: Request,
+    ) -> Result<ResponseStream, RequestError> {
+        self.call(address, request).await
+    }
+}

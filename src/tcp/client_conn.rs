@@ -1,0 +1,407 @@
+//! One client connection: many streams multiplexed by stream id, answered on the same
+//! socket. A reader task routes response frames to per-stream queues; a writer task
+//! batches outgoing frames into vectored writes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use super::io::{FrameReader, FrameWriter, write_loop};
+use crate::codec::{ErrorCode, Frame, RequestFrame};
+use crate::config::TcpConfig;
+use crate::planes::{Request, RequestError};
+use crate::sync::lock;
+
+/// Responses buffered per stream before the stream is failed as overflowed. The reader
+/// never waits on a slow consumer, so other streams on the connection keep flowing.
+pub const STREAM_BUFFER: usize = 1024;
+
+enum Event {
+    Item(Bytes),
+    /// End of stream; a non-empty payload is the last item (one slot, so it always fits).
+    End(Bytes),
+    Failed(RequestError),
+}
+
+/// State shared by the connection handle, its reader task and its response streams.
+struct Shared {
+    address: String,
+    streams: Mutex<HashMap<u64, mpsc::Sender<Event>>>,
+    in_flight: AtomicUsize,
+    /// Set after go-away: finish what is open, start nothing new.
+    going_away: AtomicBool,
+    /// Fired when the connection is dead (reader or writer ended).
+    closed: CancellationToken,
+    read_capacity: AtomicUsize,
+}
+
+impl Shared {
+    fn remove_stream(&self, stream_id: u64) -> Option<mpsc::Sender<Event>> {
+        let removed = lock(&self.streams).remove(&stream_id);
+        if removed.is_some() {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    fn fail_all(&self, error: &RequestError) {
+        let drained: Vec<_> = lock(&self.streams).drain().collect();
+        self.in_flight.fetch_sub(drained.len(), Ordering::Relaxed);
+        for (_, events) in drained {
+            // Terminal events always fit: items never take a stream's last slot.
+            let _ = events.try_send(Event::Failed(error.clone()));
+        }
+    }
+}
+
+/// A handle to one pooled connection. Dropping every handle closes the socket once the
+/// streams still open on it have ended.
+pub(crate) struct ClientConnection {
+    tx: mpsc::Sender<Frame>,
+    shared: Arc<Shared>,
+    next_stream_id: AtomicU64,
+}
+
+impl ClientConnection {
+    /// Connects with TCP_NODELAY (set through `socket2` before the handshake) and starts
+    /// the reader and writer tasks.
+    pub(crate) async fn connect(
+        address: &str,
+        target: SocketAddr,
+        config: &TcpConfig,
+    ) -> Result<Self, RequestError> {
+        let socket = tokio::time::timeout(config.connect_timeout, open_socket(target))
+            .await
+            .map_err(|_| RequestError::ConnectTimeout {
+                address: address.to_owned(),
+                timeout: config.connect_timeout,
+            })?
+            .map_err(|e| RequestError::Connect {
+                address: address.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let (rd, wr) = socket.into_split();
+        let (tx, rx) = mpsc::channel(config.channel_buffer);
+        let reader = FrameReader::new(rd, config.max_message_size, config.shrink_message_size);
+        let shared = Arc::new(Shared {
+            address: address.to_owned(),
+            streams: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
+            going_away: AtomicBool::new(false),
+            closed: CancellationToken::new(),
+            read_capacity: AtomicUsize::new(reader.buffer_capacity()),
+        });
+        let writer = FrameWriter::new(wr, config.max_message_size);
+        let closed = shared.closed.clone();
+        tokio::spawn(async move {
+            if let Err(err) = write_loop(writer, rx).await {
+                tracing::debug!(%err, "client connection writer failed");
+            }
+            closed.cancel();
+        });
+        tokio::spawn(read_loop(reader, Arc::clone(&shared), tx.downgrade()));
+        Ok(Self {
+            tx,
+            shared,
+            next_stream_id: AtomicU64::new(1),
+        })
+    }
+
+    /// Whether new requests may go on this connection.
+    pub(crate) fn is_usable(&self) -> bool {
+        !self.shared.closed.is_cancelled() && !self.shared.going_away.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn read_buffer_capacity(&self) -> usize {
+        self.shared.read_capacity.load(Ordering::Relaxed)
+    }
+
+    /// Opens a stream: registers it, then queues the request (waiting while the
+    /// connection's request queue is full). The frame must already be size-checked.
+    pub(crate) async fn start(
+        &self,
+        request: Request,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<ResponseStream, RequestError> {
+        let stream_id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
+        let (events_tx, events) = mpsc::channel(STREAM_BUFFER);
+        // Register before sending: the answer can arrive before `send` returns.
+        lock(&self.shared.streams).insert(stream_id, events_tx);
+        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut stream = ResponseStream {
+            events,
+            stream_id,
+            shared: Arc::clone(&self.shared),
+            tx: self.tx.clone(),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            timeout,
+            done: false,
+        };
+        let frame = Frame::Request(RequestFrame {
+            stream_id,
+            path: request.path,
+            headers: request.headers,
+            payload: request.payload,
+            timeout: Some(deadline.saturating_duration_since(Instant::now())),
+        });
+        if self.tx.send(frame).await.is_err() {
+            stream.done = true;
+            self.shared.remove_stream(stream_id);
+            return Err(self.lost("the connection closed before the request was sent"));
+        }
+        Ok(stream)
+    }
+
+    fn lost(&self, reason: &str) -> RequestError {
+        RequestError::ConnectionLost {
+            address: self.shared.address.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+async fn open_socket(target: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(target),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
+    socket.connect(target).await
+}
+
+async fn read_loop(
+    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    shared: Arc<Shared>,
+    tx: mpsc::WeakSender<Frame>,
+) {
+    let reason = loop {
+        let frame = tokio::select! {
+            biased;
+            _ = shared.closed.cancelled() => break "the connection could not be written to".to_owned(),
+            frame = reader.next_frame() => frame,
+        };
+        shared
+            .read_capacity
+            .store(reader.buffer_capacity(), Ordering::Relaxed);
+        match frame {
+            Ok(Some(frame)) => {
+                if let Err(reason) = on_frame(&shared, &tx, frame) {
+                    break reason;
+                }
+            }
+            Ok(None) => break "the server closed the connection".to_owned(),
+            Err(err) => break err.to_string(),
+        }
+    };
+    shared.closed.cancel();
+    shared.fail_all(&RequestError::ConnectionLost {
+        address: shared.address.clone(),
+        reason,
+    });
+}
+
+/// Routes one frame from the server; `Err` closes the connection with that reason.
+fn on_frame(shared: &Shared, tx: &mpsc::WeakSender<Frame>, frame: Frame) -> Result<(), String> {
+    match frame {
+        Frame::Data { stream_id, payload } => deliver(shared, tx, stream_id, payload),
+        Frame::End { stream_id, payload } => {
+            if let Some(events) = shared.remove_stream(stream_id) {
+                let _ = events.try_send(Event::End(payload));
+            }
+        }
+        Frame::Error {
+            stream_id,
+            code,
+            message,
+        } => {
+            if let Some(events) = shared.remove_stream(stream_id) {
+                let _ = events.try_send(Event::Failed(RequestError::Remote {
+                    code,
+                    message: message.to_string(),
+                }));
+            }
+        }
+        Frame::GoAway {
+            last_stream_id,
+            code,
+            message,
+        } => {
+            shared.going_away.store(true, Ordering::Relaxed);
+            if code != ErrorCode::NoError {
+                tracing::warn!(address = %shared.address, ?code, %message, "server reported a connection error");
+            }
+            fail_unprocessed(shared, last_stream_id, &message.to_string());
+        }
+        Frame::Ping { opaque } => {
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.try_send(Frame::Pong { opaque });
+            }
+        }
+        Frame::Pong { .. } => {}
+        Frame::Request(_) | Frame::Cancel { .. } => {
+            return Err("protocol error: the server sent a client-only frame".to_owned());
+        }
+    }
+    Ok(())
+}
+
+/// Hands a response item to its stream, or fails the stream if its consumer fell behind.
+fn deliver(shared: &Shared, tx: &mpsc::WeakSender<Frame>, stream_id: u64, payload: Bytes) {
+    let events = lock(&shared.streams).get(&stream_id).cloned();
+    // Unknown ids are streams already cancelled or timed out: ignore.
+    let Some(events) = events else { return };
+    if events.capacity() > 1 {
+        let _ = events.try_send(Event::Item(payload));
+        return;
+    }
+    shared.remove_stream(stream_id);
+    let _ = events.try_send(Event::Failed(RequestError::ResponseOverflow {
+        buffered: STREAM_BUFFER - 1,
+    }));
+    if let Some(tx) = tx.upgrade() {
+        send_cancel(&tx, stream_id);
+    }
+}
+
+/// After go-away, streams above `last_stream_id` were never processed: fail them as
+/// retryable now rather than letting them time out.
+fn fail_unprocessed(shared: &Shared, last_stream_id: u64, message: &str) {
+    let unprocessed: Vec<_> = {
+        let mut streams = lock(&shared.streams);
+        let ids: Vec<u64> = streams
+            .keys()
+            .copied()
+            .filter(|id| *id > last_stream_id)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| streams.remove(&id))
+            .collect()
+    };
+    shared
+        .in_flight
+        .fetch_sub(unprocessed.len(), Ordering::Relaxed);
+    for events in unprocessed {
+        let _ = events.try_send(Event::Failed(RequestError::Remote {
+            code: ErrorCode::ShuttingDown,
+            message: format!("server is going away ({message}); the request was not processed"),
+        }));
+    }
+}
+
+/// Queues a cancel without blocking (it is sent from `Drop`). If the request queue is
+/// full, a task waits for room; there is at most one cancel per open stream, so these
+/// tasks are bounded by the number of streams.
+fn send_cancel(tx: &mpsc::Sender<Frame>, stream_id: u64) {
+    match tx.try_send(Frame::Cancel { stream_id }) {
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+        Err(mpsc::error::TrySendError::Full(frame)) => {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let tx = tx.clone();
+                handle.spawn(async move {
+                    let _ = tx.send(frame).await;
+                });
+            }
+        }
+    }
+}
+
+/// The responses of one request, in order. Ends after the server's end-of-stream; yields
+/// one `Err` and ends on failure or timeout. Dropping it early cancels the request on the
+/// server.
+pub struct ResponseStream {
+    events: mpsc::Receiver<Event>,
+    stream_id: u64,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Frame>,
+    deadline: Pin<Box<Sleep>>,
+    timeout: Duration,
+    done: bool,
+}
+
+impl ResponseStream {
+    /// Stops the request now: the server's handler sees its token fire.
+    pub fn cancel(&mut self) {
+        if !self.done {
+            self.done = true;
+            if self.shared.remove_stream(self.stream_id).is_some() {
+                send_cancel(&self.tx, self.stream_id);
+            }
+        }
+    }
+}
+
+impl Stream for ResponseStream {
+    type Item = Result<Bytes, RequestError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.events.poll_recv(cx) {
+            Poll::Ready(Some(Event::Item(item))) => Poll::Ready(Some(Ok(item))),
+            Poll::Ready(Some(Event::End(last))) => {
+                self.done = true;
+                Poll::Ready((!last.is_empty()).then_some(Ok(last)))
+            }
+            Poll::Ready(Some(Event::Failed(err))) => {
+                self.done = true;
+                // The server enforces the deadline we sent; its verdict and ours race, and
+                // the caller should see one kind of timeout either way.
+                let err = match err.code() {
+                    Some(ErrorCode::DeadlineExceeded) => RequestError::Timeout {
+                        timeout: self.timeout,
+                    },
+                    _ => err,
+                };
+                Poll::Ready(Some(Err(err)))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                let address = self.shared.address.clone();
+                Poll::Ready(Some(Err(RequestError::ConnectionLost {
+                    address,
+                    reason: "the connection ended without finishing the stream".to_owned(),
+                })))
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.cancel();
+                    Poll::Ready(Some(Err(RequestError::Timeout {
+                        timeout: self.timeout,
+                    })))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl Drop for ResponseStream {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}

@@ -1,0 +1,15 @@
+//! The TCP request plane: one shared listener per process ([`TcpServer`]) and a pooled,
+//! multiplexed client ([`TcpClient`]). Every response returns on the connection that
+//! carried its request; see `PROTOCOL.md`.
+
+mod addr;
+mod client;
+mod client_conn;
+mod io;
+mod server;
+mod server_conn;
+
+pub use client::{ResponseStream, TcpClient};
+pub(crate) use client_conn::ClientConnection;
+pub use client_conn::STREAM_BUFFER;
+pub use server::{ServerConfig, TcpServer};

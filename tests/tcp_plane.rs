@@ -1,0 +1,504 @@
+//! The TCP request plane through its public client and server, over real sockets.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures::StreamExt;
+use planewire::codec::{ErrorCode, HEADER_LEN, INITIAL_READ_CAPACITY};
+use planewire::config::TcpConfig;
+use planewire::planes::{
+    HandlerError, Request, RequestError, RequestPlaneClient, RequestPlaneServer, unary_handler,
+};
+use planewire::tcp::{ServerConfig, TcpClient};
+use tokio::sync::{Barrier, mpsc};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_round_trip_carries_payload_and_headers() {
+    let server = echo_server().await;
+    server
+        .register(
+            &path("header"),
+            unary_handler(|req: Request| async move {
+                let id = req
+                    .headers
+                    .get("x-request-id")
+                    .unwrap_or("missing")
+                    .to_owned();
+                Ok(Bytes::from(format!(
+                    "{id}:{}",
+                    String::from_utf8_lossy(&req.payload)
+                )))
+            }),
+        )
+        .unwrap();
+    let client = client();
+    let addr = server.local_addr().to_string();
+    let reply = client
+        .unary(&addr, Request::new(&path("echo"), "ping"))
+        .await
+        .unwrap();
+    assert_eq!(reply, "ping");
+    let req = Request::new(&path("header"), "body").with_header("x-request-id", "r-42");
+    assert_eq!(client.unary(&addr, req).await.unwrap(), "r-42:body");
+    assert_eq!(
+        client.connection_count(&addr),
+        1,
+        "both requests shared one connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_returns_sixteen_items_in_order() {
+    let server = echo_server().await;
+    server
+        .register(
+            &path("count"),
+            |_req: Request, _cancel: CancellationToken| {
+                futures::stream::iter(
+                    (0..16).map(|i| Ok::<_, HandlerError>(Bytes::from(format!("item-{i}")))),
+                )
+            },
+        )
+        .unwrap();
+    let client = client();
+    let stream = client
+        .call(
+            &server.local_addr().to_string(),
+            Request::new(&path("count"), ""),
+        )
+        .await
+        .unwrap();
+    let items: Vec<Bytes> = within("stream", stream.map(Result::unwrap).collect()).await;
+    let expected: Vec<Bytes> = (0..16).map(|i| Bytes::from(format!("item-{i}"))).collect();
+    assert_eq!(items, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_error_ends_the_stream_with_its_message() {
+    let server = echo_server().await;
+    server
+        .register(
+            &path("fails"),
+            |_req: Request, _cancel: CancellationToken| {
+                futures::stream::iter(vec![
+                    Ok(Bytes::from_static(b"partial")),
+                    Err(HandlerError::from("model exploded")),
+                ])
+            },
+        )
+        .unwrap();
+    let client = client();
+    let mut stream = client
+        .call(
+            &server.local_addr().to_string(),
+            Request::new(&path("fails"), ""),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap(), "partial");
+    let err = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Handler));
+    assert!(err.to_string().contains("model exploded"), "{err}");
+    assert!(stream.next().await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_requests_from_200_tasks_over_4_connections() {
+    let server = echo_server().await;
+    let client = Arc::new(
+        TcpClient::new(TcpConfig {
+            pool_size: 4,
+            ..tcp_config()
+        })
+        .unwrap(),
+    );
+    let addr = server.local_addr().to_string();
+    let tasks: Vec<_> = (0..200)
+        .map(|task| {
+            let client = Arc::clone(&client);
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    let body = format!("task {task} request {i}");
+                    let reply = client
+                        .unary(&addr, Request::new(&path("echo"), body.clone()))
+                        .await
+                        .unwrap();
+                    assert_eq!(reply, body.as_bytes(), "an answer reached the wrong caller");
+                }
+            })
+        })
+        .collect();
+    within("10,000 requests", async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    })
+    .await;
+    let connections = client.connection_count(&addr);
+    assert!(
+        (1..=4).contains(&connections),
+        "{connections} connections for a pool of 4"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_stream_cancels_the_handler() {
+    let server = echo_server().await;
+    let (cancelled_tx, mut cancelled_rx) = mpsc::channel(1);
+    server
+        .register(
+            &path("endless"),
+            move |_req: Request, cancel: CancellationToken| {
+                let cancelled_tx = cancelled_tx.clone();
+                tokio::spawn(async move {
+                    cancel.cancelled().await;
+                    cancelled_tx.send(()).await.unwrap();
+                });
+                futures::stream::unfold(0u64, |i| async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    Some((Ok::<_, HandlerError>(Bytes::from(i.to_string())), i + 1))
+                })
+            },
+        )
+        .unwrap();
+    let client = client();
+    let mut stream = client
+        .call(
+            &server.local_addr().to_string(),
+            Request::new(&path("endless"), ""),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap(), "0");
+    drop(stream);
+    within("the handler's token to fire", cancelled_rx.recv())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_is_reported_and_cancels_the_handler() {
+    let server = echo_server().await;
+    let (cancelled_tx, mut cancelled_rx) = mpsc::channel(1);
+    server
+        .register(
+            &path("stuck"),
+            move |_req: Request, cancel: CancellationToken| {
+                let cancelled_tx = cancelled_tx.clone();
+                // The handler's stream is dropped when the token fires, so watch from a task.
+                tokio::spawn(async move {
+                    cancel.cancelled().await;
+                    cancelled_tx.send(()).await.unwrap();
+                });
+                futures::stream::pending::<Result<Bytes, HandlerError>>()
+            },
+        )
+        .unwrap();
+    let timeout = Duration::from_millis(200);
+    let client = TcpClient::new(TcpConfig {
+        request_timeout: timeout,
+        ..tcp_config()
+    })
+    .unwrap();
+    let addr = server.local_addr().to_string();
+    let err = within(
+        "the timeout",
+        client.unary(&addr, Request::new(&path("stuck"), "")),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(
+        matches!(err, RequestError::Timeout { timeout: t } if t == timeout),
+        "{err}"
+    );
+    assert!(err.to_string().contains("DYN_TCP_REQUEST_TIMEOUT"));
+    within("the handler's token to fire", cancelled_rx.recv())
+        .await
+        .unwrap();
+    // The connection survives the timeout.
+    assert_eq!(
+        client
+            .unary(&addr, Request::new(&path("echo"), "after"))
+            .await
+            .unwrap(),
+        "after"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_endpoint_is_a_clear_error_and_the_connection_survives() {
+    let server = echo_server().await;
+    let client = client();
+    let addr = server.local_addr().to_string();
+    let err = client
+        .unary(&addr, Request::new(&path("nope"), "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownEndpoint));
+    assert!(err.to_string().contains("test/worker/nope/1"), "{err}");
+    assert!(!err.is_retryable());
+    assert_eq!(
+        client
+            .unary(&addr, Request::new(&path("echo"), "ok"))
+            .await
+            .unwrap(),
+        "ok"
+    );
+    assert_eq!(client.connection_count(&addr), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_request_is_refused_before_sending() {
+    let server = echo_server().await;
+    let max = 1 << 20;
+    let client = TcpClient::new(TcpConfig {
+        max_message_size: max,
+        ..tcp_config()
+    })
+    .unwrap();
+    let addr = server.local_addr().to_string();
+    let err = client
+        .unary(&addr, Request::new(&path("echo"), vec![0u8; 2 << 20]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RequestError::MessageTooLarge { max: m, .. } if m == max),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("DYN_TCP_MAX_MESSAGE_SIZE") && text.contains("1048576"),
+        "{text}"
+    );
+    assert_eq!(
+        client.connection_count(&addr),
+        0,
+        "no connection was opened, so no byte was written"
+    );
+    assert_eq!(
+        client
+            .unary(&addr, Request::new(&path("echo"), "small"))
+            .await
+            .unwrap(),
+        "small"
+    );
+    let err = client
+        .unary(&addr, Request::new(&path("echo"), vec![0u8; 2 << 20]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::MessageTooLarge { .. }));
+    assert_eq!(
+        client
+            .unary(&addr, Request::new(&path("echo"), "still"))
+            .await
+            .unwrap(),
+        "still"
+    );
+    assert_eq!(client.connection_count(&addr), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_response_is_an_error_not_a_dead_connection() {
+    let server = server_with(ServerConfig {
+        tcp: TcpConfig {
+            max_message_size: 4096,
+            ..tcp_config()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    server
+        .register(
+            &path("big"),
+            unary_handler(|_req: Request| async { Ok(Bytes::from(vec![1u8; 8192])) }),
+        )
+        .unwrap();
+    let client = client();
+    let addr = server.local_addr().to_string();
+    let err = client
+        .unary(&addr, Request::new(&path("big"), ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::FrameTooLarge));
+    assert!(
+        err.to_string().contains("DYN_TCP_MAX_MESSAGE_SIZE"),
+        "{err}"
+    );
+    assert_eq!(
+        client
+            .unary(&addr, Request::new(&path("echo"), "ok"))
+            .await
+            .unwrap(),
+        "ok"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overloaded_endpoint_sheds_at_once_while_others_keep_serving() {
+    let server = server_with(ServerConfig {
+        tcp: tcp_config(),
+        max_concurrent_requests: 2,
+        ..ServerConfig::default()
+    })
+    .await;
+    let release = CancellationToken::new();
+    let entered = Arc::new(AtomicUsize::new(0));
+    {
+        let release = release.clone();
+        let entered = Arc::clone(&entered);
+        server
+            .register(
+                &path("slow"),
+                move |_req: Request, _cancel: CancellationToken| {
+                    entered.fetch_add(1, Ordering::SeqCst);
+                    let release = release.clone();
+                    futures::stream::once(async move {
+                        release.cancelled().await;
+                        Ok::<_, HandlerError>(Bytes::from_static(b"done"))
+                    })
+                },
+            )
+            .unwrap();
+    }
+    let client = TcpClient::new(TcpConfig {
+        pool_size: 1,
+        ..tcp_config()
+    })
+    .unwrap();
+    let addr = server.local_addr().to_string();
+    let slow1 = client
+        .call(&addr, Request::new(&path("slow"), ""))
+        .await
+        .unwrap();
+    let slow2 = client
+        .call(&addr, Request::new(&path("slow"), ""))
+        .await
+        .unwrap();
+    within("both slow handlers to start", async {
+        while entered.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    for _ in 0..3 {
+        let err = within(
+            "an overloaded answer",
+            client.unary(&addr, Request::new(&path("slow"), "")),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Overloaded), "{err}");
+        assert!(err.is_retryable());
+        assert!(err.to_string().contains("overloaded"), "{err}");
+    }
+    for i in 0..20 {
+        let body = format!("fast {i}");
+        let reply = within(
+            "a fast request",
+            client.unary(&addr, Request::new(&path("echo"), body.clone())),
+        )
+        .await;
+        assert_eq!(reply.unwrap(), body.as_bytes());
+    }
+    assert_eq!(
+        client.connection_count(&addr),
+        1,
+        "all of it on one connection"
+    );
+    release.cancel();
+    for stream in [slow1, slow2] {
+        let items: Vec<_> = within("slow requests", stream.collect::<Vec<_>>()).await;
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].as_ref().unwrap(), "done");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_never_exceeds_its_size_under_a_burst_of_first_calls() {
+    let server = echo_server().await;
+    let barrier = Arc::new(Barrier::new(500));
+    {
+        let barrier = Arc::clone(&barrier);
+        server
+            .register(
+                &path("gather"),
+                unary_handler(move |_req: Request| {
+                    let barrier = Arc::clone(&barrier);
+                    async move {
+                        barrier.wait().await;
+                        Ok(Bytes::new())
+                    }
+                }),
+            )
+            .unwrap();
+    }
+    let pool_size = 6;
+    let client = Arc::new(
+        TcpClient::new(TcpConfig {
+            pool_size,
+            ..tcp_config()
+        })
+        .unwrap(),
+    );
+    let addr = server.local_addr().to_string();
+    let calls: Vec<_> = (0..500)
+        .map(|_| {
+            let client = Arc::clone(&client);
+            let addr = addr.clone();
+            tokio::spawn(
+                async move { client.unary(&addr, Request::new(&path("gather"), "")).await },
+            )
+        })
+        .collect();
+    let peak = within("the burst", async {
+        let mut peak = 0;
+        for call in calls {
+            peak = peak.max(client.connection_count(&addr));
+            call.await.unwrap().unwrap();
+        }
+        peak
+    })
+    .await;
+    let connections = client.connection_count(&addr);
+    assert!(
+        connections <= pool_size && peak <= pool_size,
+        "{connections} / peak {peak} > {pool_size}"
+    );
+    assert!(connections >= 2, "the pool grew under load ({connections})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_buffers_shrink_after_twenty_32_mib_requests() {
+    let server = echo_server().await;
+    let client = client();
+    let addr = server.local_addr().to_string();
+    let echo = path("echo");
+    let max = client.config().max_message_size;
+    let payload = Bytes::from(vec![0x5au8; max - HEADER_LEN - echo.to_string().len()]);
+    for _ in 0..20 {
+        let reply = within(
+            "a 32 MiB echo",
+            client.unary(&addr, Request::new(&echo, payload.clone())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.len(), payload.len());
+        drop(reply);
+    }
+    assert_eq!(
+        client.connection_buffer_capacities(&addr),
+        vec![INITIAL_READ_CAPACITY]
+    );
+    assert_eq!(
+        server.connection_buffer_capacities(),
+        vec![INITIAL_READ_CAPACITY]
+    );
+}
