@@ -1,0 +1,356 @@
+//! What the network can throw at the TCP request plane: garbage, protocol violations,
+//! dying servers, shutdowns. Each failure must stay on its own connection or stream.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use common::*;
+use futures::StreamExt;
+use planewire::codec::{ErrorCode, Frame, FrameHeader, FrameKind, encode_frame};
+use planewire::config::TcpConfig;
+use planewire::planes::{
+    HandlerError, Request, RequestError, RequestPlaneClient, RequestPlaneServer,
+};
+use planewire::tcp::{ServerConfig, TcpClient, TcpServer};
+use tokio_util::sync::CancellationToken;
+use zerocopy::IntoBytes;
+
+fn go_away_code(frames: &[Frame]) -> Option<(ErrorCode, String)> {
+    frames.iter().find_map(|f| match f {
+        Frame::GoAway { code, message, .. } => Some((*code, message.to_string())),
+        _ => None,
+    })
+}
+
+async fn assert_still_serving(server: &TcpServer, client: &TcpClient) {
+    let addr = server.local_addr().to_string();
+    let reply = within(
+        "a request from a healthy client",
+        client.unary(&addr, Request::new(&path("echo"), "alive")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply, "alive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_bytes_close_only_that_connection() {
+    let server = echo_server().await;
+    let healthy = client();
+    assert_still_serving(&server, &healthy).await;
+    let mut raw = RawConn::connect(&server).await;
+    raw.send_bytes(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    let frames = raw.until_closed().await;
+    let (code, message) = go_away_code(&frames).expect("a go-away before the close");
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(message.contains("magic"), "{message}");
+    assert_still_serving(&server, &healthy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_version_is_refused_by_name() {
+    let server = echo_server().await;
+    let healthy = client();
+    let mut raw = RawConn::connect(&server).await;
+    let mut wire = BytesMut::new();
+    encode_frame(
+        &request_frame(1, &path("echo"), b"x"),
+        usize::MAX,
+        &mut wire,
+    )
+    .unwrap();
+    wire[1] = 2;
+    raw.send_bytes(&wire).await;
+    let (code, message) = go_away_code(&raw.until_closed().await).expect("go-away");
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(message.contains("version 2"), "{message}");
+    assert_still_serving(&server, &healthy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_length_is_refused_from_the_header_without_waiting_for_the_body() {
+    let server = echo_server().await;
+    let healthy = client();
+    let mut raw = RawConn::connect(&server).await;
+    // Claims a 1 GiB payload and sends none of it: the server must answer from the
+    // header alone (a server that reserved or awaited the body would not answer).
+    let header = FrameHeader::new(FrameKind::Data, 1, 0, 0, 1 << 30, 0);
+    raw.send_bytes(header.as_bytes()).await;
+    let (code, message) = go_away_code(&raw.until_closed().await).expect("go-away");
+    assert_eq!(code, ErrorCode::FrameTooLarge);
+    assert!(message.contains("DYN_TCP_MAX_MESSAGE_SIZE"), "{message}");
+    assert_still_serving(&server, &healthy).await;
+    assert_eq!(
+        server.connection_buffer_capacities().len(),
+        1,
+        "the bad connection is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_frame_then_close_leaves_the_server_healthy() {
+    let server = echo_server().await;
+    let healthy = client();
+    let mut raw = RawConn::connect(&server).await;
+    let mut wire = BytesMut::new();
+    encode_frame(
+        &request_frame(1, &path("echo"), b"never finished"),
+        usize::MAX,
+        &mut wire,
+    )
+    .unwrap();
+    raw.send_bytes(&wire[..wire.len() / 2]).await;
+    tokio::io::AsyncWriteExt::shutdown(&mut raw.stream)
+        .await
+        .unwrap();
+    assert!(
+        raw.until_closed().await.is_empty(),
+        "no response to half a request"
+    );
+    assert_still_serving(&server, &healthy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_only_rules_are_enforced() {
+    let server = echo_server().await;
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&Frame::Ping { opaque: 77 }).await;
+    assert_eq!(raw.next_frame().await, Some(Frame::Pong { opaque: 77 }));
+    raw.send(&request_frame(5, &path("echo"), b"hi")).await;
+    assert_eq!(
+        raw.next_frame().await,
+        Some(Frame::End {
+            stream_id: 5,
+            payload: Bytes::from_static(b"hi")
+        })
+    );
+    raw.send(&Frame::Data {
+        stream_id: 5,
+        payload: Bytes::from_static(b"?"),
+    })
+    .await;
+    let (code, message) = go_away_code(&raw.until_closed().await).expect("go-away");
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(message.contains("DATA"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reusing_an_open_stream_id_is_refused() {
+    let server = echo_server().await;
+    server
+        .register(
+            &path("hang"),
+            |_req: Request, _cancel: CancellationToken| {
+                futures::stream::pending::<Result<Bytes, HandlerError>>()
+            },
+        )
+        .unwrap();
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&request_frame(7, &path("hang"), b"")).await;
+    raw.send(&request_frame(7, &path("hang"), b"")).await;
+    match raw.next_frame().await {
+        Some(Frame::Error {
+            stream_id: 7,
+            code: ErrorCode::StreamIdInUse,
+            ..
+        }) => {}
+        other => panic!("expected StreamIdInUse, got {other:?}"),
+    }
+    raw.send(&Frame::Cancel { stream_id: 7 }).await;
+    raw.send(&request_frame(8, &path("echo"), b"next")).await;
+    assert_eq!(
+        raw.next_frame().await,
+        Some(Frame::End {
+            stream_id: 8,
+            payload: Bytes::from_static(b"next")
+        })
+    );
+}
+
+/// A server on its own runtime, so the test can kill it the way a crash would: every
+/// task and socket dropped at once, no go-away, no drain.
+struct Killable {
+    runtime: tokio::runtime::Runtime,
+    server: TcpServer,
+}
+
+fn start_killable(port: u16) -> Killable {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = runtime.block_on(async {
+            let tcp = TcpConfig {
+                port: Some(port).filter(|p| *p != 0),
+                ..tcp_config()
+            };
+            let server = server_with(ServerConfig {
+                tcp,
+                ..ServerConfig::default()
+            })
+            .await;
+            server
+                .register(
+                    &path("ticks"),
+                    |_req: Request, _cancel: CancellationToken| {
+                        futures::stream::unfold(0u32, |i| async move {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            Some((Ok::<_, HandlerError>(Bytes::from(i.to_string())), i + 1))
+                        })
+                    },
+                )
+                .unwrap();
+            server
+        });
+        Killable { runtime, server }
+    })
+    .join()
+    .unwrap()
+}
+
+impl Killable {
+    fn addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    fn kill(self) {
+        let Killable { runtime, server } = self;
+        runtime.shutdown_background();
+        drop(server);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_ends_streams_with_connection_lost_and_a_restart_is_used() {
+    let first = start_killable(0);
+    let addr = first.addr();
+    let client = client();
+    let target = addr.to_string();
+    let mut stream = client
+        .call(&target, Request::new(&path("ticks"), ""))
+        .await
+        .unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap(), "0");
+    first.kill();
+    let err = within("the stream to fail", async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => return err,
+                None => panic!("the stream ended cleanly although the server died"),
+            }
+        }
+    })
+    .await;
+    assert!(matches!(err, RequestError::ConnectionLost { .. }), "{err}");
+    assert!(err.is_retryable());
+    assert!(err.to_string().contains(&target), "{err}");
+
+    let refused = client
+        .unary(&target, Request::new(&path("echo"), "x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, RequestError::Connect { .. }), "{refused}");
+
+    let second = start_killable(addr.port());
+    assert_eq!(second.addr(), addr);
+    let reply = within(
+        "a call after restart",
+        client.unary(&target, Request::new(&path("echo"), "back")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply, "back");
+    second.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_drains_in_flight_and_refuses_new_requests() {
+    let server = echo_server().await;
+    let entered = CancellationToken::new();
+    {
+        let entered = entered.clone();
+        server
+            .register(
+                &path("slow"),
+                move |_req: Request, _cancel: CancellationToken| {
+                    entered.cancel();
+                    futures::stream::once(async {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        Ok::<_, HandlerError>(Bytes::from_static(b"finished"))
+                    })
+                },
+            )
+            .unwrap();
+    }
+    let client = client();
+    let addr = server.local_addr().to_string();
+    let slow = client
+        .call(&addr, Request::new(&path("slow"), ""))
+        .await
+        .unwrap();
+    within("the handler to start", entered.cancelled()).await;
+    let shutdown = async {
+        server.shutdown().await;
+    };
+    let after = async {
+        // Give the go-away a moment to arrive, then try to start new work.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let fresh = common::client();
+        fresh
+            .unary(&addr, Request::new(&path("echo"), "late"))
+            .await
+    };
+    let (drained, (), late) = within("shutdown", async {
+        tokio::join!(slow.collect::<Vec<_>>(), shutdown, after)
+    })
+    .await;
+    assert_eq!(drained.len(), 1);
+    assert_eq!(drained[0].as_ref().unwrap(), "finished");
+    let late = late.unwrap_err();
+    assert!(late.is_retryable(), "{late}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_cancels_what_is_left() {
+    let server = server_with(ServerConfig {
+        tcp: tcp_config(),
+        drain_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    })
+    .await;
+    let cancelled = CancellationToken::new();
+    {
+        let cancelled = cancelled.clone();
+        server
+            .register(
+                &path("forever"),
+                move |_req: Request, cancel: CancellationToken| {
+                    let cancelled = cancelled.clone();
+                    tokio::spawn(async move {
+                        cancel.cancelled().await;
+                        cancelled.cancel();
+                    });
+                    futures::stream::pending::<Result<Bytes, HandlerError>>()
+                },
+            )
+            .unwrap();
+    }
+    let client = client();
+    let addr = server.local_addr().to_string();
+    let stream = client
+        .call(&addr, Request::new(&path("forever"), ""))
+        .await
+        .unwrap();
+    within("shutdown after the drain timeout", server.shutdown()).await;
+    within("the handler to be cancelled", cancelled.cancelled()).await;
+    let items: Vec<_> = within("the stream to end", stream.collect()).await;
+    let err = items.last().expect("an error item").as_ref().unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ShuttingDown), "{err}");
+}
