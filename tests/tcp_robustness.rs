@@ -325,13 +325,14 @@ async fn drain_timeout_cancels_what_is_left() {
         ..ServerConfig::default()
     })
     .await;
-    let cancelled = CancellationToken::new();
+    let (entered, cancelled) = (CancellationToken::new(), CancellationToken::new());
     {
-        let cancelled = cancelled.clone();
+        let (entered, cancelled) = (entered.clone(), cancelled.clone());
         server
             .register(
                 &path("forever"),
                 move |_req: Request, cancel: CancellationToken| {
+                    entered.cancel();
                     let cancelled = cancelled.clone();
                     tokio::spawn(async move {
                         cancel.cancelled().await;
@@ -348,6 +349,7 @@ async fn drain_timeout_cancels_what_is_left() {
         .call(&addr, Request::new(&path("forever"), ""))
         .await
         .unwrap();
+    within("the handler to start", entered.cancelled()).await;
     within("shutdown after the drain timeout", server.shutdown()).await;
     within("the handler to be cancelled", cancelled.cancelled()).await;
     let items: Vec<_> = within("the stream to end", stream.collect()).await;

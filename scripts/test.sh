@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The whole test suite, for a fresh Debian machine with only the Rust toolchain:
+# system packages, rustfmt, clippy, a build without default features, the tests
+# (unit, integration and doc tests) and a fuzz smoke run of every codec fuzz target.
+#
+# Environment:
+#   CI=true          missing system packages that cannot be installed are an error, and
+#                    fuzzing is never skipped
+#   FUZZ_SECONDS=N   seconds per fuzz target (default 30); 0 skips fuzzing outside CI
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
+FUZZ_TARGETS=(decode_arbitrary decode_split)
+# command the tests run -> Debian package that provides it
+declare -A SYSTEM_PACKAGES=(
+    [nats-server]=nats-server
+    [etcd]=etcd-server
+    [etcdctl]=etcd-client
+    [protoc]=protobuf-compiler
+)
+
+section() {
+    printf '\n==== %s ====\n' "$*"
+}
+
+in_ci() {
+    case "${CI:-}" in
+        true | TRUE | True | 1 | yes) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+# Runs its arguments as root: directly when we are root, through sudo otherwise
+# (non-interactively when there is no terminal to ask for a password on).
+as_root() {
+    if [[ $EUID -eq 0 ]]; then
+        "$@"
+    elif [[ -t 0 ]]; then
+        sudo "$@"
+    else
+        sudo -n "$@"
+    fi
+}
+
+missing_packages() {
+    local cmd
+    for cmd in "${!SYSTEM_PACKAGES[@]}"; do
+        command -v "$cmd" >/dev/null 2>&1 || echo "${SYSTEM_PACKAGES[$cmd]}"
+    done | sort -u
+}
+
+ensure_system_packages() {
+    section "System packages: ${!SYSTEM_PACKAGES[*]}"
+    local missing
+    missing="$(missing_packages)"
+    if [[ -z $missing ]]; then
+        echo "all present"
+        return
+    fi
+    echo "missing: ${missing//$'\n'/ }"
+    if command -v apt-get >/dev/null 2>&1 && { [[ $EUID -eq 0 ]] || command -v sudo >/dev/null 2>&1; }; then
+        as_root apt-get update
+        # shellcheck disable=SC2086 # one word per package
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
+        missing="$(missing_packages)"
+    else
+        echo "cannot install them here (needs apt-get, and root or sudo)"
+    fi
+    if [[ -n $missing ]]; then
+        local message="still missing: ${missing//$'\n'/ }; install these Debian packages by hand"
+        if in_ci; then
+            echo "error: $message" >&2
+            exit 1
+        fi
+        echo "warning: $message (tests that need them will fail)" >&2
+    fi
+}
+
+ensure_rust_components() {
+    section "Rust components: rustfmt, clippy"
+    local missing=()
+    cargo fmt --version >/dev/null 2>&1 || missing+=(rustfmt)
+    cargo clippy --version >/dev/null 2>&1 || missing+=(clippy)
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        if ! command -v rustup >/dev/null 2>&1; then
+            echo "error: missing ${missing[*]} and rustup is not available to add them" >&2
+            exit 1
+        fi
+        rustup component add "${missing[@]}"
+    fi
+    cargo fmt --version
+    cargo clippy --version
+}
+
+fuzz_smoke() {
+    if [[ $FUZZ_SECONDS == 0 ]]; then
+        if in_ci; then
+            echo "FUZZ_SECONDS=0 is ignored in CI: fuzzing for 30 s per target"
+            FUZZ_SECONDS=30
+        else
+            section "Fuzz smoke: skipped (FUZZ_SECONDS=0)"
+            return
+        fi
+    fi
+    section "Fuzz smoke: cargo-fuzz"
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        cargo install cargo-fuzz --locked
+    fi
+    cargo fuzz --version
+    local target
+    for target in "${FUZZ_TARGETS[@]}"; do
+        section "Fuzz smoke: $target for ${FUZZ_SECONDS} s"
+        # libFuzzer exits non-zero on a crash, a leak or an input running past -timeout.
+        RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- \
+            -max_total_time="$FUZZ_SECONDS" -timeout=60
+    done
+}
+
+if ! [[ $FUZZ_SECONDS =~ ^[0-9]+$ ]]; then
+    echo "error: FUZZ_SECONDS must be a whole number of seconds, not '$FUZZ_SECONDS'" >&2
+    exit 2
+fi
+
+ensure_system_packages
+ensure_rust_components
+
+section "cargo fmt --check"
+cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
+
+section "cargo clippy (all targets, all features)"
+cargo clippy --all-targets --all-features -- -D warnings
+
+section "cargo build --no-default-features"
+cargo build --no-default-features
+
+section "cargo test --all-features (unit, integration and doc tests)"
+cargo test --all-features
+
+fuzz_smoke
+
+section "All checks passed"
