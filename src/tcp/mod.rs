@@ -8,6 +8,7 @@ mod client_conn;
 mod io;
 mod server;
 mod server_conn;
+mod stream_task;
 
 pub use client::{ResponseStream, TcpClient};
 pub(crate) use client_conn::ClientConnection;

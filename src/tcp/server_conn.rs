@@ -1,31 +1,42 @@
-//! One accepted connection: a read loop that dispatches frames, a writer task, and one
-//! task per open stream.
+//! One accepted connection, served by one task that reads frames, dispatches them and
+//! writes the answers; handlers that cannot answer at once continue in their own task.
 //!
-//! The read loop never waits on a handler: requests are refused (`Overloaded`,
-//! `UnknownEndpoint`, ...) or handed to their own task at once, so one slow endpoint
-//! cannot stall the other streams of a connection.
+//! The read loop never waits on a handler: a request is refused (`Overloaded`,
+//! `UnknownEndpoint`, ...), answered inline when its handler is ready at once, or handed
+//! to its own task, so one slow endpoint cannot stall the other streams of a connection.
+//! Reading and writing share the task through `select!`, so a large write in progress
+//! never stops the connection from reading.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Context;
+use std::time::Duration;
 
-use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::io::{FrameReader, FrameWriter, write_loop};
+use super::io::{FrameReader, FrameWriter, WRITE_BATCH_BYTES};
 use super::server::Shared;
-use crate::codec::{CodecError, ErrorCode, Frame, HEADER_LEN, RequestFrame, Utf8Bytes};
-use crate::planes::{Handler, HandlerStream, Request};
+use super::stream_task::StreamTask;
+use crate::codec::{CodecError, ErrorCode, Frame, RequestFrame};
 use crate::sync::lock;
 
-/// Frames waiting for the writer. Full means the client is not reading; senders wait.
+/// Frames from stream tasks waiting for the connection task. Full means the client is
+/// not reading; the stream tasks wait.
 const OUTBOUND_QUEUE: usize = 1024;
+/// Reading pauses while this much output waits: a client that sends but does not read
+/// gets TCP backpressure instead of growing our write queue without bound.
+const PAUSE_READING_AT: usize = 4 * 1024 * 1024;
+/// How long a closing connection may spend flushing its last frames to a peer that has
+/// stopped reading.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The open streams of one connection.
 struct Streams {
@@ -50,10 +61,12 @@ impl Streams {
     }
 }
 
-/// What one connection task owns.
+/// What the connection task owns.
 struct Connection {
     shared: Arc<Shared>,
     streams: Arc<Streams>,
+    writer: FrameWriter<OwnedWriteHalf>,
+    /// Cloned into every stream task; the connection task drains the other end.
     tx: mpsc::Sender<Frame>,
     peer: SocketAddr,
     draining: bool,
@@ -67,10 +80,7 @@ pub(super) async fn serve_connection(
 ) {
     let (rd, wr) = socket.into_split();
     let mut reader = FrameReader::new(rd, shared.max_frame_len, shared.shrink_threshold);
-    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let writer = shared
-        .tracker
-        .spawn(write_loop(FrameWriter::new(wr, shared.max_frame_len), rx));
+    let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
     let capacity = Arc::new(AtomicUsize::new(reader.buffer_capacity()));
     lock(&shared.buffer_capacities).insert(id, Arc::clone(&capacity));
 
@@ -81,63 +91,82 @@ pub(super) async fn serve_connection(
             idle: Notify::new(),
             last_accepted: AtomicU64::new(0),
         }),
+        writer: FrameWriter::new(wr, shared.max_frame_len),
         tx,
         peer,
         draining: false,
     };
-    conn.read_loop(&mut reader, &capacity).await;
+    conn.run(&mut reader, &mut rx, &capacity).await;
 
-    // The client is gone, or the connection is being closed: stop every handler.
+    // The client is gone, or the connection is being closed: stop every handler, then
+    // flush what is queued (a go-away, last responses) for a bounded time.
     for (_, token) in lock(&conn.streams.open).drain() {
         token.cancel();
     }
     lock(&shared.buffer_capacities).remove(&id);
-    drop(conn);
-    if let Ok(Err(err)) = writer.await {
-        tracing::debug!(%peer, %err, "connection writer ended with an error");
+    while let Ok(frame) = rx.try_recv() {
+        conn.writer.push(&frame);
+    }
+    match tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, conn.writer.shutdown()).await {
+        Ok(Err(err)) => tracing::debug!(%peer, %err, "closing write failed"),
+        Err(_) => tracing::debug!(%peer, "peer stopped reading; closing without flushing"),
+        Ok(Ok(())) => {}
     }
 }
 
 impl Connection {
-    async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
+    async fn run(
         &mut self,
-        reader: &mut FrameReader<R>,
+        reader: &mut FrameReader<OwnedReadHalf>,
+        rx: &mut mpsc::Receiver<Frame>,
         capacity: &AtomicUsize,
     ) {
         let shutdown = self.shared.shutdown.clone();
         let streams = Arc::clone(&self.streams);
         loop {
-            let frame = tokio::select! {
+            let queued = self.writer.queued();
+            tokio::select! {
                 biased;
-                _ = shutdown.cancelled(), if !self.draining => {
-                    self.start_draining().await;
-                    if streams.is_empty() { return; }
-                    continue;
-                }
-                _ = streams.idle.notified(), if self.draining => {
-                    if streams.is_empty() { return; }
-                    continue;
-                }
-                frame = reader.next_frame() => frame,
-            };
-            capacity.store(reader.buffer_capacity(), Ordering::Relaxed);
-            match frame {
-                Ok(Some(frame)) => {
-                    if let Err(reason) = self.on_frame(frame).await {
-                        self.go_away(ErrorCode::Protocol, reason).await;
+                _ = shutdown.cancelled(), if !self.draining => self.start_draining(),
+                _ = streams.idle.notified(), if self.draining => {}
+                frame = reader.next_frame(), if queued < PAUSE_READING_AT => {
+                    capacity.store(reader.buffer_capacity(), Ordering::Relaxed);
+                    let outcome = match frame {
+                        Ok(Some(frame)) => self.on_frame(frame),
+                        Ok(None) => return,
+                        Err(err) => {
+                            self.on_decode_error(err);
+                            return;
+                        }
+                    };
+                    if let Err(reason) = outcome {
+                        self.go_away(ErrorCode::Protocol, reason);
                         return;
                     }
                 }
-                Ok(None) => return,
-                Err(err) => {
-                    self.on_decode_error(err).await;
-                    return;
+                Some(frame) = rx.recv() => {
+                    self.writer.push(&frame);
+                    while self.writer.queued() < WRITE_BATCH_BYTES {
+                        match rx.try_recv() {
+                            Ok(frame) => self.writer.push(&frame),
+                            Err(_) => break,
+                        }
+                    }
                 }
+                written = self.writer.flush(), if queued > 0 => {
+                    if let Err(err) = written {
+                        tracing::debug!(peer = %self.peer, %err, "write failed; closing");
+                        return;
+                    }
+                }
+            }
+            if self.draining && streams.is_empty() {
+                return;
             }
         }
     }
 
-    async fn on_decode_error(&mut self, err: CodecError) {
+    fn on_decode_error(&mut self, err: CodecError) {
         let code = match err {
             CodecError::Io(_) | CodecError::Truncated { .. } => {
                 tracing::debug!(peer = %self.peer, %err, "connection ended");
@@ -147,71 +176,59 @@ impl Connection {
             _ => ErrorCode::Protocol,
         };
         tracing::warn!(peer = %self.peer, %err, "closing connection after a bad frame");
-        self.go_away(code, err.to_string()).await;
+        self.go_away(code, err.to_string());
     }
 
-    async fn start_draining(&mut self) {
+    fn start_draining(&mut self) {
         self.draining = true;
-        self.go_away(ErrorCode::NoError, "server shutting down".to_owned())
-            .await;
+        self.go_away(ErrorCode::NoError, "server shutting down".to_owned());
     }
 
-    async fn go_away(&self, code: ErrorCode, message: String) {
-        let frame = Frame::GoAway {
+    fn go_away(&mut self, code: ErrorCode, message: String) {
+        self.writer.push(&Frame::GoAway {
             last_stream_id: self.streams.last_accepted.load(Ordering::Relaxed),
             code,
             message: message.into(),
-        };
-        // The writer may already be gone with the socket; nothing left to tell then.
-        let _ = self.tx.send(frame).await;
-    }
-
-    async fn send(&self, frame: Frame) {
-        let _ = self.tx.send(frame).await;
+        });
     }
 
     /// Handles one frame; `Err` is a protocol violation that closes the connection.
-    async fn on_frame(&mut self, frame: Frame) -> Result<(), String> {
+    fn on_frame(&mut self, frame: Frame) -> Result<(), String> {
         match frame {
-            Frame::Request(request) => self.on_request(request).await?,
+            Frame::Request(request) => self.on_request(request)?,
             Frame::Cancel { stream_id } => {
                 if let Some(token) = lock(&self.streams.open).remove(&stream_id) {
                     token.cancel();
                 }
             }
-            Frame::Ping { opaque } => self.send(Frame::Pong { opaque }).await,
+            Frame::Ping { opaque } => self.writer.push(&Frame::Pong { opaque }),
             Frame::Pong { .. } => {}
             Frame::GoAway { message, .. } => {
                 tracing::debug!(peer = %self.peer, %message, "client sent go-away");
             }
-            Frame::Data { .. } | Frame::End { .. } | Frame::Error { .. } => {
-                return Err(format!(
-                    "clients may not send {} frames",
-                    match frame {
-                        Frame::Data { .. } => "DATA",
-                        Frame::End { .. } => "END",
-                        _ => "ERROR",
-                    }
-                ));
-            }
+            Frame::Data { .. } => return Err("clients may not send DATA frames".to_owned()),
+            Frame::End { .. } => return Err("clients may not send END frames".to_owned()),
+            Frame::Error { .. } => return Err("clients may not send ERROR frames".to_owned()),
         }
         Ok(())
     }
 
-    async fn on_request(&mut self, request: RequestFrame) -> Result<(), String> {
+    fn on_request(&mut self, request: RequestFrame) -> Result<(), String> {
         let stream_id = request.stream_id;
         if stream_id == 0 {
             return Err("stream id 0 is reserved for connection-level frames".to_owned());
         }
-        let refuse = |code, message: String| Frame::Error {
-            stream_id,
-            code,
-            message: message.into(),
+        let mut refuse = |code, message: String| {
+            self.writer.push(&Frame::Error {
+                stream_id,
+                code,
+                message: message.into(),
+            });
+            Ok(())
         };
         if self.draining {
             let msg = "server is shutting down; retry on another instance".to_owned();
-            self.send(refuse(ErrorCode::ShuttingDown, msg)).await;
-            return Ok(());
+            return refuse(ErrorCode::ShuttingDown, msg);
         }
         let endpoint = self
             .shared
@@ -225,30 +242,24 @@ impl Connection {
                 "no endpoint {:?} is registered on this server",
                 request.path.as_str()
             );
-            self.send(refuse(ErrorCode::UnknownEndpoint, msg)).await;
-            return Ok(());
+            return refuse(ErrorCode::UnknownEndpoint, msg);
         };
         let Ok(permit) = Arc::clone(&endpoint.slots).try_acquire_owned() else {
             let msg = format!(
                 "endpoint {} overloaded: all {} request slots are busy; retry later",
                 request.path, self.shared.max_concurrent_requests
             );
-            self.send(refuse(ErrorCode::Overloaded, msg)).await;
-            return Ok(());
+            return refuse(ErrorCode::Overloaded, msg);
         };
-        let handler = Arc::clone(&endpoint.handler);
         let token = self.shared.abort.child_token();
-        let newly_opened = match lock(&self.streams.open).entry(stream_id) {
-            Entry::Occupied(_) => false,
+        match lock(&self.streams.open).entry(stream_id) {
+            Entry::Occupied(_) => {
+                let msg = format!("stream id {stream_id} is already open on this connection");
+                return refuse(ErrorCode::StreamIdInUse, msg);
+            }
             Entry::Vacant(slot) => {
                 slot.insert(token.clone());
-                true
             }
-        };
-        if !newly_opened {
-            let msg = format!("stream id {stream_id} is already open on this connection");
-            self.send(refuse(ErrorCode::StreamIdInUse, msg)).await;
-            return Ok(());
         }
         self.streams
             .last_accepted
@@ -262,143 +273,18 @@ impl Connection {
             deadline: request.timeout.map(|t| Instant::now() + t),
         };
         let streams = Arc::clone(&self.streams);
-        self.shared.tracker.spawn(async move {
+        let handler = Arc::clone(&endpoint.handler);
+        let mut run = Box::pin(async move {
             task.run(handler, request, permit).await;
             streams.finish(stream_id);
         });
+        // Most handlers answer without waiting (echo, cached results): run them here and
+        // save a task spawn and a wake-up. The no-op waker is sound because a handler that
+        // is not done is spawned, and the runtime polls it again with a real waker.
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        if run.as_mut().poll(&mut cx).is_pending() {
+            self.shared.tracker.spawn(run);
+        }
         Ok(())
-    }
-}
-
-/// Runs one handler and turns its responses into frames.
-struct StreamTask {
-    stream_id: u64,
-    tx: mpsc::Sender<Frame>,
-    token: CancellationToken,
-    abort: CancellationToken,
-    max_frame_len: usize,
-    deadline: Option<Instant>,
-}
-
-impl StreamTask {
-    async fn run(
-        self,
-        handler: Arc<dyn Handler>,
-        request: RequestFrame,
-        _permit: OwnedSemaphorePermit,
-    ) {
-        let RequestFrame {
-            path,
-            headers,
-            payload,
-            ..
-        } = request;
-        let request = Request {
-            path,
-            headers,
-            payload,
-            deadline: self.deadline,
-        };
-        let responses = handler.call(request, self.token.clone());
-        if let Some(terminal) = self.drive(responses).await {
-            let _ = self.tx.send(terminal).await;
-        }
-    }
-
-    /// Forwards responses until the handler ends, fails, or is cancelled; returns the
-    /// terminal frame to send, if any (a client-cancelled stream gets none).
-    ///
-    /// An item that is followed at once by the end of the stream goes out inside the END
-    /// frame, so a unary response costs one frame.
-    async fn drive(&self, mut responses: HandlerStream) -> Option<Frame> {
-        let stream_id = self.stream_id;
-        let mut held: Option<Bytes> = None;
-        let deadline = async {
-            match self.deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(deadline);
-        loop {
-            let next = match responses.next().now_or_never() {
-                Some(next) if !self.token.is_cancelled() => next,
-                _ => {
-                    if let Some(item) = held.take() {
-                        self.send_data(item).await?;
-                    }
-                    tokio::select! {
-                        biased;
-                        _ = self.token.cancelled() => return self.cancelled_terminal(),
-                        _ = &mut deadline => {
-                            self.token.cancel();
-                            return Some(self.error(ErrorCode::DeadlineExceeded, "request deadline passed on the server".to_owned()));
-                        }
-                        next = responses.next() => next,
-                    }
-                }
-            };
-            match next {
-                Some(Ok(item)) => {
-                    if HEADER_LEN + item.len() > self.max_frame_len {
-                        self.token.cancel();
-                        let msg = format!(
-                            "response of {} bytes exceeds DYN_TCP_MAX_MESSAGE_SIZE={} bytes",
-                            HEADER_LEN + item.len(),
-                            self.max_frame_len
-                        );
-                        return Some(self.error(ErrorCode::FrameTooLarge, msg));
-                    }
-                    if let Some(previous) = held.replace(item) {
-                        self.send_data(previous).await?;
-                    }
-                }
-                Some(Err(err)) => {
-                    if let Some(item) = held.take() {
-                        self.send_data(item).await?;
-                    }
-                    return Some(self.error(ErrorCode::Handler, err.0));
-                }
-                None => {
-                    let payload = match held.take() {
-                        // An empty END payload means "no item", so an empty last item
-                        // travels as DATA.
-                        Some(last) if last.is_empty() => {
-                            self.send_data(last).await?;
-                            Bytes::new()
-                        }
-                        last => last.unwrap_or_default(),
-                    };
-                    return Some(Frame::End { stream_id, payload });
-                }
-            }
-        }
-    }
-
-    /// `None` when the connection is gone (nothing more can be sent).
-    async fn send_data(&self, payload: Bytes) -> Option<()> {
-        let frame = Frame::Data {
-            stream_id: self.stream_id,
-            payload,
-        };
-        self.tx.send(frame).await.ok()
-    }
-
-    fn cancelled_terminal(&self) -> Option<Frame> {
-        // Client cancels need no answer; a drain timeout does.
-        self.abort.is_cancelled().then(|| {
-            self.error(
-                ErrorCode::ShuttingDown,
-                "server shut down before the request finished".to_owned(),
-            )
-        })
-    }
-
-    fn error(&self, code: ErrorCode, message: String) -> Frame {
-        Frame::Error {
-            stream_id: self.stream_id,
-            code,
-            message: Utf8Bytes::from(message),
-        }
     }
 }
