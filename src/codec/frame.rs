@@ -331,36 +331,50 @@ impl Frame {
     /// Total bytes on the wire, or an error if a part exceeds its field or the whole frame
     /// exceeds `max_frame_len`. Nothing is written when this fails.
     pub fn checked_len(&self, max_frame_len: usize) -> Result<usize, CodecError> {
-        let (path_len, meta_len) = match self {
-            Self::Request(r) => {
-                if r.path.is_empty() {
-                    return Err(CodecError::LengthMismatch {
-                        kind: super::FrameKind::Request,
-                        detail: "a request needs a non-empty endpoint path",
-                    });
-                }
-                r.headers.check_encodable()?;
-                (r.path.len(), r.headers.encoded_len())
-            }
-            _ => (0, 0),
-        };
-        let limits = [
-            ("endpoint path", path_len, usize::from(u16::MAX)),
-            ("header map", meta_len, usize::from(u16::MAX)),
-            ("payload", self.payload().len(), u32::MAX as usize),
-        ];
-        for (field, len, max) in limits {
-            if len > max {
-                return Err(CodecError::PartTooLong { field, len, max });
-            }
+        match self {
+            Self::Request(r) => r.checked_len(max_frame_len),
+            other => checked_total(0, 0, other.payload().len(), max_frame_len),
         }
-        let total = super::HEADER_LEN + path_len + meta_len + self.payload().len();
-        if total > max_frame_len {
-            return Err(CodecError::FrameTooLarge {
-                size: total as u64,
-                max: max_frame_len,
+    }
+}
+
+impl RequestFrame {
+    /// [`Frame::checked_len`] for a request, without wrapping it in a [`Frame`].
+    pub fn checked_len(&self, max_frame_len: usize) -> Result<usize, CodecError> {
+        if self.path.is_empty() {
+            return Err(CodecError::LengthMismatch {
+                kind: super::FrameKind::Request,
+                detail: "a request needs a non-empty endpoint path",
             });
         }
-        Ok(total)
+        self.headers.check_encodable()?;
+        let meta_len = self.headers.encoded_len();
+        checked_total(self.path.len(), meta_len, self.payload.len(), max_frame_len)
     }
+}
+
+fn checked_total(
+    path_len: usize,
+    meta_len: usize,
+    payload_len: usize,
+    max_frame_len: usize,
+) -> Result<usize, CodecError> {
+    let limits = [
+        ("endpoint path", path_len, usize::from(u16::MAX)),
+        ("header map", meta_len, usize::from(u16::MAX)),
+        ("payload", payload_len, u32::MAX as usize),
+    ];
+    for (field, len, max) in limits {
+        if len > max {
+            return Err(CodecError::PartTooLong { field, len, max });
+        }
+    }
+    let total = super::HEADER_LEN + path_len + meta_len + payload_len;
+    if total > max_frame_len {
+        return Err(CodecError::FrameTooLarge {
+            size: total as u64,
+            max: max_frame_len,
+        });
+    }
+    Ok(total)
 }

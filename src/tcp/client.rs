@@ -2,7 +2,7 @@
 
 use tokio::time::Instant;
 
-use crate::codec::{Frame, RequestFrame};
+use crate::codec::RequestFrame;
 use crate::config::TcpConfig;
 use crate::planes::{Request, RequestError, RequestPlaneClient};
 use crate::pool::Pools;
@@ -40,11 +40,21 @@ impl TcpClient {
     ) -> Result<ResponseStream, RequestError> {
         let timeout = self.config.request_timeout;
         let deadline = Instant::now() + timeout;
-        check_size(&request, self.config.max_message_size)?;
+        let frame = RequestFrame {
+            stream_id: 0,
+            path: request.path,
+            headers: request.headers,
+            payload: request.payload,
+            timeout: Some(timeout),
+        };
+        // Stream id and timeout are fixed-width fields: the checked length stays exact.
+        frame
+            .checked_len(self.config.max_message_size)
+            .map_err(RequestError::from_encode)?;
         let pool = self.pools.get(address, &self.config);
         let start = async {
             let conn = pool.connection().await?;
-            conn.start(request, deadline, timeout).await
+            conn.start(frame, deadline, timeout).await
         };
         tokio::time::timeout_at(deadline, start)
             .await
@@ -64,22 +74,6 @@ impl TcpClient {
             .existing(address)
             .map_or_else(Vec::new, |pool| pool.read_buffer_capacities())
     }
-}
-
-/// Refuses a request the wire cannot carry, naming the size and the limit.
-fn check_size(request: &Request, max: usize) -> Result<(), RequestError> {
-    // Only lengths matter here; the clones are reference-count bumps, not copies.
-    let probe = Frame::Request(RequestFrame {
-        stream_id: 1,
-        path: request.path.clone(),
-        headers: request.headers.clone(),
-        payload: request.payload.clone(),
-        timeout: None,
-    });
-    probe
-        .checked_len(max)
-        .map(|_| ())
-        .map_err(RequestError::from_encode)
 }
 
 impl RequestPlaneClient for TcpClient {

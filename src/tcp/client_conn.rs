@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::io::{FrameReader, FrameWriter, write_loop};
 use crate::codec::{ErrorCode, Frame, RequestFrame};
 use crate::config::TcpConfig;
-use crate::planes::{Request, RequestError};
+use crate::planes::RequestError;
 use crate::sync::lock;
 
 /// Responses buffered per stream before the stream is failed as overflowed. The reader
@@ -137,10 +137,11 @@ impl ClientConnection {
     }
 
     /// Opens a stream: registers it, then queues the request (waiting while the
-    /// connection's request queue is full). The frame must already be size-checked.
+    /// connection's request queue is full). `request` must already be size-checked; its
+    /// stream id is assigned here.
     pub(crate) async fn start(
         &self,
-        request: Request,
+        mut request: RequestFrame,
         deadline: Instant,
         timeout: Duration,
     ) -> Result<ResponseStream, RequestError> {
@@ -158,14 +159,10 @@ impl ClientConnection {
             timeout,
             done: false,
         };
-        let frame = Frame::Request(RequestFrame {
-            stream_id,
-            path: request.path,
-            headers: request.headers,
-            payload: request.payload,
-            timeout: Some(deadline.saturating_duration_since(Instant::now())),
-        });
-        if self.tx.send(frame).await.is_err() {
+        request.stream_id = stream_id;
+        // The server gets the time left, so its handler stops when we stop waiting.
+        request.timeout = Some(deadline.saturating_duration_since(Instant::now()));
+        if self.tx.send(Frame::Request(request)).await.is_err() {
             stream.done = true;
             self.shared.remove_stream(stream_id);
             return Err(self.lost("the connection closed before the request was sent"));
