@@ -100,7 +100,10 @@ impl AddressPool {
             .filter(|c| c.is_usable())
             .min_by_key(|c| c.in_flight())
             .cloned();
-        let room = state.connections.len() + state.connecting < self.config.pool_size;
+        // Draining connections do not count: they take no new streams and close soon, and
+        // counting them could leave a caller waiting on a pool with no usable slot.
+        let usable = state.connections.iter().filter(|c| c.is_usable()).count();
+        let room = usable + state.connecting < self.config.pool_size;
         match best {
             Some(conn) if conn.in_flight() < GROW_AT_IN_FLIGHT || !room => Pick::Use(conn),
             _ if room => {
