@@ -502,3 +502,61 @@ async fn read_buffers_shrink_after_twenty_32_mib_requests() {
         vec![INITIAL_READ_CAPACITY]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stops_reading_overflows_its_own_stream_only() {
+    let server = echo_server().await;
+    server
+        .register(
+            &path("flood"),
+            |_req: Request, _cancel: CancellationToken| {
+                futures::stream::iter(
+                    (0..planewire::tcp::STREAM_BUFFER * 3)
+                        .map(|_| Ok::<_, HandlerError>(Bytes::from_static(b"x"))),
+                )
+            },
+        )
+        .unwrap();
+    let client = TcpClient::new(TcpConfig {
+        pool_size: 1,
+        ..tcp_config()
+    })
+    .unwrap();
+    let addr = server.local_addr().to_string();
+    let mut flood = client
+        .call(&addr, Request::new(&path("flood"), ""))
+        .await
+        .unwrap();
+    // While the flood stream is not read, the connection keeps serving other streams.
+    for i in 0..10 {
+        let body = format!("meanwhile {i}");
+        let reply = within(
+            "a request beside the flood",
+            client.unary(&addr, Request::new(&path("echo"), body.clone())),
+        )
+        .await;
+        assert_eq!(reply.unwrap(), body.as_bytes());
+    }
+    let outcome = within("the flood to end", async {
+        let mut items = 0;
+        loop {
+            match flood.next().await {
+                Some(Ok(_)) => items += 1,
+                Some(Err(err)) => return (items, Some(err)),
+                None => return (items, None),
+            }
+        }
+    })
+    .await;
+    match outcome {
+        (items, Some(RequestError::ResponseOverflow { buffered })) => {
+            assert_eq!(
+                items, buffered,
+                "every buffered item was delivered before the error"
+            );
+            assert!(buffered < planewire::tcp::STREAM_BUFFER * 3);
+        }
+        other => panic!("expected an overflow, got {other:?}"),
+    }
+    assert_eq!(client.connection_count(&addr), 1);
+}
