@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, for a fresh Debian machine with only the Rust toolchain:
 # system packages, rustfmt, clippy, a build without default features, the tests
-# (unit, integration and doc tests) and a fuzz smoke run of every codec fuzz target.
+# (unit, integration and doc tests), a quick run of the latency benchmark and a fuzz smoke
+# run of every codec fuzz target.
 #
 # Environment:
 #   CI=true          missing system packages that cannot be installed are an error, and
@@ -138,6 +139,18 @@ cargo build --no-default-features
 
 section "cargo test --all-features (unit, integration and doc tests)"
 cargo test --all-features
+
+# Timing-heavy, so not part of `cargo test`; run here so the benchmark never rots.
+section "Latency benchmark, quick mode"
+BENCH_OUTPUTS=(target/bench-quick.json target/bench-quick.png)
+rm -f "${BENCH_OUTPUTS[@]}"
+cargo run --release -- bench --quick --json "${BENCH_OUTPUTS[0]}" --plot "${BENCH_OUTPUTS[1]}"
+for output in "${BENCH_OUTPUTS[@]}"; do
+    if [[ ! -s $output ]]; then
+        echo "error: bench --quick did not write $output" >&2
+        exit 1
+    fi
+done
 
 fuzz_smoke
 

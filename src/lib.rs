@@ -5,11 +5,14 @@
 //! - [`pool`]: client connections per remote address.
 //! - [`planes`]: the transport-neutral traits (`RequestPlaneClient`, `RequestPlaneServer`).
 //! - [`config`]: settings and the `DYN_*` environment.
+//! - `bench` (feature `cli`): the latency benchmark against a raw-TCP floor.
 //!
 //! # Cancel safety
 //! Dropping a [`tcp::ResponseStream`] before its end sends a cancel frame; the server's
 //! handler sees its `CancellationToken` fire and its response stream is dropped.
 
+#[cfg(feature = "cli")]
+pub mod bench;
 pub mod codec;
 pub mod config;
 pub mod planes;

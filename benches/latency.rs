@@ -1,0 +1,38 @@
+//! `cargo bench --bench latency [-- --quick] [-- --json PATH] [-- --plot PATH]`: the same
+//! benchmark as `planewire bench`, see `planewire::bench`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use planewire::bench::{self, BenchOptions};
+
+#[derive(Parser)]
+#[command(about = "planewire latency benchmark against a raw-TCP floor")]
+struct Args {
+    #[command(flatten)]
+    options: BenchOptions,
+    /// Passed by `cargo bench` to every bench target; nothing to do with it here.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the tokio runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench::run(&args.options)) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Load generators shared by planewire and the raw floor: a closed loop (each worker sends
+//! its next request when the last one is answered) and an open loop (requests leave on a
+//! fixed schedule whatever the server does).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::BenchError;
+
+/// One client's way of doing one round trip: send a request, wait for its last response.
+pub(crate) trait Caller: Send + 'static {
+    fn call(&mut self) -> impl Future<Output = Result<(), BenchError>> + Send;
+}
+
+/// Warm-up and measurement time of every run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub warmup: Duration,
+    pub measure: Duration,
+}
+
+/// Round-trip latencies (nanoseconds) of one run, and how long it took.
+pub(crate) struct Measurement {
+    pub histogram: Histogram<u64>,
+    pub elapsed: Duration,
+}
+
+impl Measurement {
+    pub fn rps(&self) -> f64 {
+        self.histogram.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// 1 ns to 100 s at 3 significant digits: a few hundred KiB per worker.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("constant, valid bounds")
+}
+
+fn record(histogram: &mut Histogram<u64>, latency: Duration) {
+    histogram.saturating_record(latency.as_nanos().try_into().unwrap_or(u64::MAX));
+}
+
+/// Every caller loops send → wait: warm-up, then the round trips that start inside the
+/// measurement window are recorded.
+pub(crate) async fn closed_loop<C: Caller>(
+    callers: Vec<C>,
+    timing: Timing,
+) -> Result<Measurement, BenchError> {
+    let warm_end = Instant::now() + timing.warmup;
+    let end = warm_end + timing.measure;
+    let workers = callers.into_iter().map(|mut caller| async move {
+        let mut histogram = new_histogram();
+        while Instant::now() < warm_end {
+            caller.call().await?;
+        }
+        loop {
+            let start = Instant::now();
+            if start >= end {
+                return Ok(histogram);
+            }
+            caller.call().await?;
+            record(&mut histogram, start.elapsed());
+        }
+    });
+    collect(workers, warm_end).await
+}
+
+/// Requests are scheduled at `rate` per second from a shared clock; each caller takes the
+/// next slot when it is free. Latency counts from the *scheduled* time whenever every
+/// caller was still busy when the slot came due, so a stall delays the requests queued
+/// behind it and shows in their latency instead of silently lowering the send rate
+/// (coordinated omission). When a caller was idle and only tokio's millisecond timer
+/// woke it late, latency counts from the actual send: that lateness is the harness's, not
+/// the server's, and would otherwise add up to 1 ms to every sample.
+pub(crate) async fn open_loop<C: Caller>(
+    callers: Vec<C>,
+    rate: f64,
+    timing: Timing,
+) -> Result<Measurement, BenchError> {
+    let t0 = Instant::now();
+    let warm_end = t0 + timing.warmup;
+    let end = warm_end + timing.measure;
+    let next_slot = Arc::new(AtomicU64::new(0));
+    let workers = callers.into_iter().map(|mut caller| {
+        let next_slot = Arc::clone(&next_slot);
+        async move {
+            let mut histogram = new_histogram();
+            loop {
+                let slot = next_slot.fetch_add(1, Ordering::Relaxed);
+                let scheduled = t0 + Duration::from_secs_f64(slot as f64 / rate);
+                if scheduled >= end {
+                    return Ok(histogram);
+                }
+                let start = if Instant::now() >= scheduled {
+                    scheduled
+                } else {
+                    tokio::time::sleep_until(scheduled).await;
+                    Instant::now()
+                };
+                caller.call().await?;
+                if scheduled >= warm_end {
+                    record(&mut histogram, start.elapsed());
+                }
+            }
+        }
+    });
+    collect(workers, warm_end).await
+}
+
+/// Runs the workers as tasks (so they spread over the runtime's threads) and merges their
+/// histograms; the first error stops the run.
+async fn collect<W>(
+    workers: impl Iterator<Item = W>,
+    warm_end: Instant,
+) -> Result<Measurement, BenchError>
+where
+    W: Future<Output = Result<Histogram<u64>, BenchError>> + Send + 'static,
+{
+    let mut tasks: JoinSet<_> = workers.collect();
+    let mut histogram = new_histogram();
+    while let Some(joined) = tasks.join_next().await {
+        let worker = joined.map_err(|e| BenchError::Worker(e.to_string()))??;
+        histogram
+            .add(&worker)
+            .expect("histograms with the same bounds always add");
+    }
+    Ok(Measurement {
+        histogram,
+        elapsed: warm_end.elapsed(),
+    })
+}

@@ -1,0 +1,201 @@
+//! `planewire call`: send requests to one endpoint and print what came back.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use planewire::codec::Utf8Bytes;
+use planewire::planes::{Request, RequestError};
+use planewire::tcp::TcpClient;
+use tokio::task::JoinSet;
+
+use super::{CliError, EndpointArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct CallArgs {
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+    /// Server address, as printed by `planewire serve`.
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: String,
+    /// Send TEXT and print every response payload on its own line (lossy UTF-8).
+    #[arg(long, value_name = "TEXT", conflicts_with = "size")]
+    data: Option<String>,
+    /// Send payloads of BYTES bytes and print a latency summary [default: 64].
+    #[arg(long, value_name = "BYTES")]
+    size: Option<usize>,
+    /// Requests to send [default: 1 with --data, 1000 otherwise].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// Requests in flight at once.
+    #[arg(long, value_name = "C", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: u64,
+}
+
+/// What one worker saw.
+struct Tally {
+    latencies: Histogram<u64>,
+    errors: u64,
+    first_error: Option<RequestError>,
+}
+
+/// Sends the requests. With `--data` the first error ends the command; otherwise every
+/// request is sent, failures are counted, and any failure makes the exit status non-zero.
+pub async fn run(args: CallArgs) -> Result<(), CliError> {
+    let path = Utf8Bytes::from(&args.endpoint.path()?);
+    let client = Arc::new(TcpClient::new(super::tcp_config()?)?);
+    let print = args.data.is_some();
+    let payload = match args.data {
+        Some(text) => Bytes::from(text),
+        None => Bytes::from(vec![b'x'; args.size.unwrap_or(64)]),
+    };
+    let count = args.count.unwrap_or(if print { 1 } else { 1000 });
+    let job = Arc::new(Job {
+        client,
+        address: args.addr,
+        path,
+        payload,
+        remaining: AtomicU64::new(count),
+        print,
+    });
+    let start = Instant::now();
+    let mut workers = JoinSet::new();
+    for _ in 0..args.concurrency.min(count) {
+        workers.spawn(Arc::clone(&job).work());
+    }
+    let mut total = Tally::new();
+    while let Some(joined) = workers.join_next().await {
+        total.merge(joined??);
+    }
+    if !print {
+        let summary = summary(
+            &total,
+            count,
+            args.concurrency,
+            job.payload.len(),
+            start.elapsed(),
+        );
+        std::io::stdout().lock().write_all(summary.as_bytes())?;
+    }
+    match total.first_error {
+        None => Ok(()),
+        Some(first) => Err(format!(
+            "{} of {count} requests failed; first: {first}",
+            total.errors
+        )
+        .into()),
+    }
+}
+
+struct Job {
+    client: Arc<TcpClient>,
+    address: String,
+    path: Utf8Bytes,
+    payload: Bytes,
+    remaining: AtomicU64,
+    print: bool,
+}
+
+impl Job {
+    async fn work(self: Arc<Self>) -> Result<Tally, CliError> {
+        let mut tally = Tally::new();
+        while self.take_one() {
+            let start = Instant::now();
+            match self.call_once().await {
+                Ok(responses) => {
+                    let nanos = start.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
+                    tally.latencies.saturating_record(nanos);
+                    if self.print {
+                        print_lines(&responses)?;
+                    }
+                }
+                Err(err) if self.print => return Err(err.into()),
+                Err(err) => {
+                    tally.errors += 1;
+                    tally.first_error.get_or_insert(err);
+                }
+            }
+        }
+        Ok(tally)
+    }
+
+    fn take_one(&self) -> bool {
+        self.remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    async fn call_once(&self) -> Result<Vec<Bytes>, RequestError> {
+        let request = Request::new(self.path.clone(), self.payload.clone());
+        let mut stream = self.client.call(&self.address, request).await?;
+        let mut responses = Vec::new();
+        while let Some(response) = stream.next().await {
+            responses.push(response?);
+        }
+        Ok(responses)
+    }
+}
+
+/// One request's responses together, even when several requests are in flight.
+fn print_lines(responses: &[Bytes]) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    for response in responses {
+        writeln!(stdout, "{}", String::from_utf8_lossy(response))?;
+    }
+    stdout.flush()
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            latencies: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+                .expect("constant, valid bounds"),
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latencies
+            .add(&other.latencies)
+            .expect("histograms with the same bounds always add");
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+fn summary(
+    total: &Tally,
+    count: u64,
+    concurrency: u64,
+    payload: usize,
+    elapsed: Duration,
+) -> String {
+    let h = &total.latencies;
+    let latency = if h.is_empty() {
+        "n/a (no request succeeded)".to_owned()
+    } else {
+        let us = |nanos: u64| nanos as f64 / 1e3;
+        format!(
+            "p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+            us(h.value_at_quantile(0.50)),
+            us(h.value_at_quantile(0.90)),
+            us(h.value_at_quantile(0.99)),
+            us(h.max()),
+        )
+    };
+    format!(
+        "requests     {count} ({} errors), concurrency {concurrency}, {payload}-byte payload\n\
+         latency µs   {latency}\n\
+         throughput   {:.0} req/s ({:.3} s)\n",
+        total.errors,
+        h.len() as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
+    )
+}

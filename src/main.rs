@@ -1,0 +1,56 @@
+//! `planewire`: run an echo worker, call an endpoint by hand, or run the latency benchmark.
+//! The subcommands live in `src/cli/`; errors end the process with one `error: …` line.
+
+mod cli;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "planewire",
+    version,
+    about = "The planewire TCP request plane from a shell"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an echo worker: every request is answered with K copies of its payload.
+    Serve(cli::serve::ServeArgs),
+    /// Send requests to an endpoint; print the responses (--data) or a latency summary.
+    Call(cli::call::CallArgs),
+    /// Run the latency benchmark against a raw-TCP floor, all in this process.
+    Bench(planewire::bench::BenchOptions),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => cli::serve::run(args).await,
+        Command::Call(args) => cli::call::run(args).await,
+        Command::Bench(options) => planewire::bench::run(&options)
+            .await
+            .map(drop)
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
