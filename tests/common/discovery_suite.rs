@@ -186,7 +186,7 @@ pub async fn killed_worker_expires(
     let mut worker = Worker::start(worker_env, &format!("{ns}/backend/generate"), 0xdead).await;
     let record = worker.record.clone();
     let mut watch = frontend.watch(&ns, "backend", "generate").await.unwrap();
-    assert_eq!(watch.current().await, [record.clone()]);
+    assert_eq!(watch.current().await, std::slice::from_ref(&record));
     assert_eq!(
         next_event(&mut watch).await,
         InstanceEvent::Added(record.clone())
@@ -195,7 +195,7 @@ pub async fn killed_worker_expires(
     tokio::time::sleep(ttl + ttl / 2).await;
     assert_eq!(
         frontend.list(&ns, "backend", "generate").await.unwrap(),
-        [record.clone()]
+        std::slice::from_ref(&record)
     );
 
     worker.kill().await;

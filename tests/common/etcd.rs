@@ -23,7 +23,8 @@ pub struct Etcd {
 }
 
 fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+    std::env::var("CI")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
 }
 
 fn free_port() -> u16 {
@@ -96,7 +97,11 @@ impl Etcd {
             if healthy {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("etcd exited with {status} at startup; log:\n{}", self.log());
             }
             assert!(
@@ -137,7 +142,9 @@ impl Etcd {
 
     /// Runs `etcdctl` against this etcd; panics with its output if it fails.
     pub fn etcdctl(&self, args: &[&str]) -> String {
-        let out = self.etcdctl_output(args).expect("run etcdctl (Debian package etcd-client)");
+        let out = self
+            .etcdctl_output(args)
+            .expect("run etcdctl (Debian package etcd-client)");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -152,7 +159,14 @@ impl Etcd {
         self.etcdctl(&["user", "add", "root", "--new-user-password", "root-secret"]);
         self.etcdctl(&["user", "add", user, "--new-user-password", password]);
         self.etcdctl(&["role", "add", "discovery"]);
-        self.etcdctl(&["role", "grant-permission", "discovery", "--prefix=true", "readwrite", "/"]);
+        self.etcdctl(&[
+            "role",
+            "grant-permission",
+            "discovery",
+            "--prefix=true",
+            "readwrite",
+            "/",
+        ]);
         self.etcdctl(&["user", "grant-role", user, "discovery"]);
         self.etcdctl(&["auth", "enable"]);
     }

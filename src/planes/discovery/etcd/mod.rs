@@ -166,9 +166,16 @@ fn backend_error(err: etcd_client::Error) -> DiscoveryError {
     }
 }
 
+/// etcd says "requested lease not found"; etcd-client turns a keep-alive answer with
+/// TTL 0 (lease unknown) into `LeaseKeepAliveError("lease not found")`.
 fn is_lease_not_found(err: &etcd_client::Error) -> bool {
-    matches!(err, etcd_client::Error::GRpcStatus(s)
-        if i32::from(s.code()) == code::NOT_FOUND && s.message().contains("lease not found"))
+    match err {
+        etcd_client::Error::GRpcStatus(s) => {
+            i32::from(s.code()) == code::NOT_FOUND && s.message().contains("lease not found")
+        }
+        etcd_client::Error::LeaseKeepAliveError(message) => message.contains("not found"),
+        _ => false,
+    }
 }
 
 fn tls_options(config: &EtcdConfig) -> Result<Option<TlsOptions>, DiscoveryError> {
