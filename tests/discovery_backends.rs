@@ -35,6 +35,17 @@ fn file(dir: &tempfile::TempDir) -> impl AsyncFn() -> Discovery {
 }
 
 #[tokio::test]
+async fn memory_kv_operations() {
+    suite::kv_operations(&MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_kv_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::kv_operations(&FileStore::open(dir.path()).await.unwrap()).await;
+}
+
+#[tokio::test]
 async fn memory_register_list_watch() {
     suite::register_list_watch(memory()).await;
 }

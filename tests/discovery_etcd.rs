@@ -14,11 +14,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::within;
 use etcd::Etcd;
+use futures::StreamExt;
 use planewire::planes::EndpointPath;
 use planewire::planes::discovery::{
-    Discovery, DiscoveryError, EtcdConfig, EtcdStore, InstanceEvent, Transport,
+    Discovery, DiscoveryConfig, DiscoveryError, EtcdConfig, EtcdStore, InstanceEvent, KeyValue,
+    KvEvent, KvStore, KvWatch, Transport,
 };
 use suite::next_event;
 
@@ -190,4 +193,118 @@ async fn an_etcd_endpoint_that_never_answers_is_a_clear_error_within_the_timeout
     let url = format!("http://{}", silent.local_addr().unwrap());
     assert_unreachable_error(url).await;
     drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_kv_operations() {
+    let Some(etcd) = Etcd::start() else { return };
+    suite::kv_operations(&EtcdStore::connect(&config(&etcd)).await.unwrap()).await;
+}
+
+/// A watch replays from the revision after its snapshot whatever happened before it
+/// read on; if etcd compacted those revisions away, it delivers a fresh snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_watch_replays_from_its_revision_and_resnapshots_after_compaction() {
+    let Some(etcd) = Etcd::start() else { return };
+    let store = EtcdStore::connect(&config(&etcd)).await.unwrap();
+    let kv = |k: &str, v: &'static str| KeyValue {
+        key: k.to_owned(),
+        value: Bytes::from_static(v.as_bytes()),
+    };
+    let next = async |watch: &mut KvWatch| within("a watch event", watch.next()).await.unwrap();
+
+    let mut replaying = store.watch("/replay/").await.unwrap();
+    assert_eq!(next(&mut replaying).await, KvEvent::Snapshot(vec![]));
+    store.put("/replay/a", "1".into(), None).await.unwrap();
+    store.put("/replay/b", "2".into(), None).await.unwrap();
+    store.delete("/replay/a").await.unwrap();
+    assert_eq!(
+        next(&mut replaying).await,
+        KvEvent::Put(kv("/replay/a", "1"))
+    );
+    assert_eq!(
+        next(&mut replaying).await,
+        KvEvent::Put(kv("/replay/b", "2"))
+    );
+    assert_eq!(
+        next(&mut replaying).await,
+        KvEvent::Delete("/replay/a".into())
+    );
+
+    let mut compacted = store.watch("/compact/").await.unwrap();
+    assert_eq!(next(&mut compacted).await, KvEvent::Snapshot(vec![]));
+    store.put("/compact/a", "1".into(), None).await.unwrap();
+    store.put("/compact/b", "2".into(), None).await.unwrap();
+    store.delete("/compact/a").await.unwrap();
+    let mut client = etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .unwrap();
+    let revision = client
+        .get("/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client.compact(revision, None).await.unwrap();
+    assert_eq!(
+        next(&mut compacted).await,
+        KvEvent::Snapshot(vec![kv("/compact/b", "2")])
+    );
+    store.put("/compact/c", "3".into(), None).await.unwrap();
+    assert_eq!(
+        next(&mut compacted).await,
+        KvEvent::Put(kv("/compact/c", "3"))
+    );
+}
+
+/// TLS with a client certificate, configured as `ETCD_AUTH_CA`,
+/// `ETCD_AUTH_CLIENT_CERT` and `ETCD_AUTH_CLIENT_KEY` would configure it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_a_client_certificate() {
+    let Some(etcd) = Etcd::start_tls() else {
+        return;
+    };
+    let files = etcd.tls_files().unwrap().clone();
+    let url = etcd.url();
+    let lookup = |var: &str| -> Option<std::ffi::OsString> {
+        match var {
+            "DYN_DISCOVERY_BACKEND" => Some("etcd".into()),
+            "ETCD_ENDPOINTS" => Some(url.clone().into()),
+            "ETCD_AUTH_CA" => Some(files.ca.clone().into()),
+            "ETCD_AUTH_CLIENT_CERT" => Some(files.client_cert.clone().into()),
+            "ETCD_AUTH_CLIENT_KEY" => Some(files.client_key.clone().into()),
+            _ => None,
+        }
+    };
+    let config = DiscoveryConfig::from_lookup(lookup).unwrap();
+    let discovery = Discovery::connect(&config).await.unwrap();
+    let handle = discovery
+        .register(
+            &EndpointPath::new("tls", "c", "e", 1).unwrap(),
+            Transport::tcp("127.0.0.1:1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        discovery.list("tls", "c", "e").await.unwrap(),
+        [handle.record().clone()]
+    );
+
+    let plain = EtcdConfig {
+        endpoints: vec![url.replace("https://", "http://")],
+        ..config.etcd.clone()
+    };
+    let err = EtcdStore::connect(&plain).await.err().expect("refused");
+    assert!(err.to_string().contains("https:// URLs"), "{err}");
+    let missing = EtcdConfig {
+        ca: Some(files.ca.with_file_name("missing.pem")),
+        ..config.etcd
+    };
+    let err = EtcdStore::connect(&missing).await.err().expect("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("missing.pem") && text.contains("ETCD_AUTH_CA"),
+        "{text}"
+    );
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use planewire::planes::EndpointPath;
 use planewire::planes::discovery::{
-    Discovery, DiscoveryError, InstanceEvent, InstanceWatch, Transport,
+    Discovery, DiscoveryError, InstanceEvent, InstanceWatch, KeyValue, KvStore, Transport,
 };
 
 use crate::common::within;
@@ -211,4 +211,60 @@ pub async fn killed_worker_expires(
         "the record outlived the TTL by too much: {gone_after:?}"
     );
     assert_eq!(frontend.list(&ns, "backend", "generate").await.unwrap(), []);
+}
+
+/// The raw key-value operations: create-if-absent, get, put, list by prefix, delete,
+/// and keys on a lease that is revoked.
+pub async fn kv_operations(store: &dyn KvStore) {
+    let prefix = format!("/{}/", unique_namespace("kv"));
+    let key = |k: &str| format!("{prefix}{k}");
+    let kv = |k: &str, v: &'static str| KeyValue {
+        key: key(k),
+        value: Bytes::from_static(v.as_bytes()),
+    };
+    assert_eq!(store.get(&key("a")).await.unwrap(), None);
+    assert!(store.create(&key("a"), "1".into(), None).await.unwrap());
+    assert!(!store.create(&key("a"), "2".into(), None).await.unwrap());
+    assert_eq!(store.get(&key("a")).await.unwrap().unwrap(), "1");
+    store.put(&key("a"), "3".into(), None).await.unwrap();
+    store.put(&key("b"), "4".into(), None).await.unwrap();
+    // Shares the prefix's text but not its trailing slash.
+    let outside = format!("{}z", prefix.trim_end_matches('/'));
+    store.put(&outside, "5".into(), None).await.unwrap();
+    assert_eq!(
+        store.list(&prefix).await.unwrap(),
+        [kv("a", "3"), kv("b", "4")]
+    );
+
+    let lease = store.grant_lease(Duration::from_secs(30)).await.unwrap();
+    store.put(&key("c"), "6".into(), Some(lease)).await.unwrap();
+    store.keep_alive(lease).await.unwrap();
+    assert_eq!(store.get(&key("c")).await.unwrap().unwrap(), "6");
+    store.revoke_lease(lease).await.unwrap();
+    assert_eq!(store.get(&key("c")).await.unwrap(), None);
+    store
+        .revoke_lease(lease)
+        .await
+        .expect("revoking twice is fine");
+    let expired =
+        |r: &Result<_, DiscoveryError>| matches!(r, Err(DiscoveryError::LeaseExpired { .. }));
+    assert!(expired(&store.keep_alive(lease).await));
+    assert!(expired(
+        &store
+            .put(&key("d"), "7".into(), Some(lease))
+            .await
+            .map(drop)
+    ));
+    assert!(expired(
+        &store
+            .create(&key("d"), "7".into(), Some(lease))
+            .await
+            .map(drop)
+    ));
+
+    assert!(store.delete(&key("a")).await.unwrap());
+    assert!(!store.delete(&key("a")).await.unwrap());
+    assert!(store.delete(&key("b")).await.unwrap());
+    assert!(store.delete(&outside).await.unwrap());
+    assert_eq!(store.list(&prefix).await.unwrap(), []);
 }

@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,101 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    tls: Option<TlsFiles>,
+}
+
+/// PEM files of a throwaway CA, etcd's server certificate (for 127.0.0.1) and a client
+/// certificate, all signed by the CA.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Made with the `openssl` command; `None` (after a note) if it is missing.
+    fn generate(dir: &Path) -> Option<Self> {
+        if Command::new("openssl").arg("version").output().is_err() {
+            eprintln!("skipping: the `openssl` command is not installed");
+            return None;
+        }
+        let path = |name: &str| dir.join(name);
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=planewire test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        for (name, extensions) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            std::fs::write(path(&format!("{name}.ext")), extensions).expect("write extensions");
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ]);
+            openssl(&[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.pem"),
+            ]);
+        }
+        Some(Self {
+            ca: path("ca.pem"),
+            server_cert: path("server.pem"),
+            server_key: path("server.key"),
+            client_cert: path("client.pem"),
+            client_key: path("client.key"),
+        })
+    }
 }
 
 fn in_ci() -> bool {
@@ -37,6 +132,20 @@ fn free_port() -> u16 {
 impl Etcd {
     /// Starts etcd and waits until it answers; `None` if it is not installed (outside CI).
     pub fn start() -> Option<Self> {
+        Self::start_with(false)
+    }
+
+    /// Like [`start`](Self::start), serving clients over TLS only and requiring client
+    /// certificates; `None` also when `openssl` is missing.
+    pub fn start_tls() -> Option<Self> {
+        Self::start_with(true)
+    }
+
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    fn start_with(tls: bool) -> Option<Self> {
         if Command::new("etcd").arg("--version").output().is_err() {
             let message = "the `etcd` binary is not installed (Debian package etcd-server; \
                            scripts/test.sh installs it)";
@@ -44,19 +153,27 @@ impl Etcd {
             eprintln!("skipping: {message}");
             return None;
         }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tls = if tls {
+            Some(TlsFiles::generate(dir.path())?)
+        } else {
+            None
+        };
         let mut etcd = Self {
             child: None,
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir,
             client_port: free_port(),
             peer_port: free_port(),
+            tls,
         };
         etcd.launch();
         Some(etcd)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` with TLS.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -70,7 +187,18 @@ impl Etcd {
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .expect("etcd log file");
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", "planewire-test"])
             .arg("--data-dir")
             .arg(self.data_dir())
@@ -132,7 +260,17 @@ impl Etcd {
     }
 
     fn etcdctl_output(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
-        Command::new("etcdctl")
+        let mut command = Command::new("etcdctl");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
+        }
+        command
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &self.url(), "--dial-timeout", "2s"])
             .args(args)

@@ -102,7 +102,10 @@ impl EndpointClient {
         let endpoint_name = format!("{namespace}/{component}/{endpoint}");
         let name = endpoint_name.clone();
         let stopped = stop.clone();
+        // Watches end when their store is dropped: keep it for as long as we route.
+        let store = Arc::clone(discovery.store());
         tokio::spawn(async move {
+            let _store = store;
             loop {
                 let event = tokio::select! {
                     _ = stopped.cancelled() => return,

@@ -53,10 +53,12 @@ pub enum DiscoveryError {
     InvalidRecord { key: String, reason: String },
     #[error(transparent)]
     InvalidEndpoint(#[from] RegisterError),
-    #[error("could not {action} {}: {source}; check DYN_FILE_KV and the directory's permissions", path.display())]
+    #[error("could not {action} {}: {source}; check {setting} and the file's permissions", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
+        /// The setting that names the path, e.g. `DYN_FILE_KV`.
+        setting: &'static str,
         #[source]
         source: std::io::Error,
     },

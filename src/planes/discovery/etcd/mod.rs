@@ -15,7 +15,9 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use super::DiscoveryError;
-use super::config::{ENV_ETCD_CA, ENV_ETCD_ENDPOINTS, EtcdConfig};
+use super::config::{
+    ENV_ETCD_CA, ENV_ETCD_CLIENT_CERT, ENV_ETCD_CLIENT_KEY, ENV_ETCD_ENDPOINTS, EtcdConfig,
+};
 use super::kv::{KeyValue, KvStore, KvWatch, LeaseId};
 use crate::config::invalid;
 
@@ -192,19 +194,21 @@ fn tls_options(config: &EtcdConfig) -> Result<Option<TlsOptions>, DiscoveryError
         )
         .into());
     }
-    let read = |path: &std::path::Path| {
+    let read = |path: &std::path::Path, setting: &'static str| {
         std::fs::read(path).map_err(|source| DiscoveryError::Io {
             action: "read etcd TLS file",
             path: path.to_owned(),
+            setting,
             source,
         })
     };
     let mut tls = TlsOptions::new();
     if let Some(ca) = &config.ca {
-        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca, ENV_ETCD_CA)?));
     }
     if let (Some(cert), Some(key)) = (&config.client_cert, &config.client_key) {
-        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        let cert = read(cert, ENV_ETCD_CLIENT_CERT)?;
+        tls = tls.identity(Identity::from_pem(cert, read(key, ENV_ETCD_CLIENT_KEY)?));
     }
     Ok(Some(tls))
 }

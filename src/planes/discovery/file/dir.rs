@@ -19,7 +19,7 @@ use super::layout::{
     key_to_name, lease_contents, lease_name, name_to_key, parse_lease, parse_record, record_header,
     unix_millis,
 };
-use crate::planes::discovery::{DiscoveryError, KeyValue, LeaseId};
+use crate::planes::discovery::{DiscoveryError, ENV_FILE_KV, KeyValue, LeaseId};
 
 /// Temp files older than this were left by a process killed mid-write.
 const ABANDONED_TEMP_AGE: Duration = Duration::from_secs(60);
@@ -52,6 +52,7 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Discov
     move |source| DiscoveryError::Io {
         action,
         path,
+        setting: ENV_FILE_KV,
         source,
     }
 }
