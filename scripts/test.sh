@@ -45,15 +45,26 @@ as_root() {
     fi
 }
 
+# file the build needs -> Debian package that provides it (etcd-client's protos import
+# protobuf's well-known types)
+declare -A SYSTEM_FILES=(
+    [/usr/include/google/protobuf/descriptor.proto]=libprotobuf-dev
+)
+
 missing_packages() {
-    local cmd
-    for cmd in "${!SYSTEM_PACKAGES[@]}"; do
-        command -v "$cmd" >/dev/null 2>&1 || echo "${SYSTEM_PACKAGES[$cmd]}"
-    done | sort -u
+    local cmd file
+    {
+        for cmd in "${!SYSTEM_PACKAGES[@]}"; do
+            command -v "$cmd" >/dev/null 2>&1 || echo "${SYSTEM_PACKAGES[$cmd]}"
+        done
+        for file in "${!SYSTEM_FILES[@]}"; do
+            [[ -e $file ]] || echo "${SYSTEM_FILES[$file]}"
+        done
+    } | sort -u
 }
 
 ensure_system_packages() {
-    section "System packages: ${!SYSTEM_PACKAGES[*]}"
+    section "System packages: ${SYSTEM_PACKAGES[*]} ${SYSTEM_FILES[*]}"
     local missing
     missing="$(missing_packages)"
     if [[ -z $missing ]]; then

@@ -206,7 +206,7 @@ impl RequestPlaneConfig {
     }
 }
 
-fn invalid(var: &'static str, value: &str, expected: &str) -> ConfigError {
+pub(crate) fn invalid(var: &'static str, value: &str, expected: &str) -> ConfigError {
     ConfigError::Invalid {
         var,
         value: value.to_owned(),
@@ -226,7 +226,7 @@ fn parse_count(var: &'static str, v: &str) -> Result<usize, ConfigError> {
     }
 }
 
-fn parse_seconds(var: &'static str, v: &str) -> Result<Duration, ConfigError> {
+pub(crate) fn parse_seconds(var: &'static str, v: &str) -> Result<Duration, ConfigError> {
     v.parse::<f64>()
         .ok()
         .filter(|s| *s > 0.0)

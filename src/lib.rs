@@ -3,7 +3,8 @@
 //! - [`codec`]: the wire format, bytes ⇄ frames, no I/O (specified in `PROTOCOL.md`).
 //! - [`tcp`]: the default request plane, a multiplexed framed TCP server and client.
 //! - [`pool`]: client connections per remote address.
-//! - [`planes`]: the transport-neutral traits (`RequestPlaneClient`, `RequestPlaneServer`).
+//! - [`planes`]: the transport-neutral traits (`RequestPlaneClient`, `RequestPlaneServer`) and
+//!   the discovery plane ([`planes::discovery`]).
 //! - [`config`]: settings and the `DYN_*` environment.
 //! - `bench` (feature `cli`): the latency benchmark against a raw-TCP floor.
 //!

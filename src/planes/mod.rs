@@ -1,8 +1,9 @@
 //! The planes' thin traits and their backends.
 //!
 //! The request plane is [`RequestPlaneClient`] + [`RequestPlaneServer`]; the TCP
-//! implementation lives in [`crate::tcp`].
+//! implementation lives in [`crate::tcp`]. The discovery plane is [`discovery`].
 
+pub mod discovery;
 mod error;
 mod request;
 

@@ -1,0 +1,108 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::kv::LeaseId;
+use crate::config::ConfigError;
+use crate::planes::{RegisterError, RequestError};
+
+/// A backend's own error, boxed so that enabling a backend feature never changes the
+/// shape of [`DiscoveryError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a discovery operation failed. [`is_unavailable`](Self::is_unavailable) tells
+/// failures that may pass by themselves (backend down or slow) from the rest.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscoveryError {
+    #[error(
+        "{backend} at {target} is unreachable: {source}; check that it is running and that {setting} points at it"
+    )]
+    Unavailable {
+        backend: &'static str,
+        target: String,
+        /// The setting that names the target, e.g. `ETCD_ENDPOINTS`.
+        setting: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    #[error(
+        "{backend} at {target} did not answer within {timeout:?}; check that it is running and that {setting} points at it"
+    )]
+    Timeout {
+        backend: &'static str,
+        target: String,
+        setting: &'static str,
+        timeout: Duration,
+    },
+    #[error(
+        "etcd auth failed for user {user:?} at {target}: {source}; check ETCD_AUTH_USERNAME and ETCD_AUTH_PASSWORD"
+    )]
+    Auth {
+        user: String,
+        target: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("lease {lease} has expired or was revoked")]
+    LeaseExpired { lease: LeaseId },
+    #[error("{key} is already registered by this process; drop its RegistrationHandle first")]
+    AlreadyRegistered { key: String },
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: String },
+    #[error("invalid instance record at {key}: {reason}")]
+    InvalidRecord { key: String, reason: String },
+    #[error(transparent)]
+    InvalidEndpoint(#[from] RegisterError),
+    #[error("could not {action} {}: {source}; check {setting} and the file's permissions", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        /// The setting that names the path, e.g. `DYN_FILE_KV`.
+        setting: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{backend} {operation} failed: {source}")]
+    Backend {
+        backend: &'static str,
+        operation: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("discovery has been shut down")]
+    Closed,
+}
+
+impl DiscoveryError {
+    /// Whether the backend could not be reached or did not answer in time: the same
+    /// operation may succeed later, and registrations are kept and retried meanwhile.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Timeout { .. })
+    }
+}
+
+/// Why an [`EndpointClient`](super::EndpointClient) call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    #[error("no instances for {endpoint}{}; start a worker that registers it, or check the namespace and DYN_DISCOVERY_BACKEND", waited_for(*.waited))]
+    NoInstances {
+        endpoint: String,
+        /// How long the call waited for one to appear, if it was configured to.
+        waited: Option<Duration>,
+    },
+    #[error("instance {instance_id:x} of {endpoint} is not registered{}", waited_for(*.waited))]
+    UnknownInstance {
+        endpoint: String,
+        instance_id: u64,
+        waited: Option<Duration>,
+    },
+    #[error(transparent)]
+    Request(#[from] RequestError),
+}
+
+fn waited_for(waited: Option<Duration>) -> String {
+    waited.map_or_else(String::new, |w| format!(" (waited {w:?})"))
+}

@@ -1,0 +1,270 @@
+//! What every discovery backend must do, written once. Each scenario takes `connect`,
+//! which opens a new `Discovery` on the backend under test: one call per simulated
+//! process, each with its own lease.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use planewire::planes::EndpointPath;
+use planewire::planes::discovery::{
+    Discovery, DiscoveryError, InstanceEvent, InstanceWatch, KeyValue, KvStore, Transport,
+};
+
+use crate::common::within;
+use crate::worker::Worker;
+
+/// A namespace no other test (or earlier run against the same store) uses.
+pub fn unique_namespace(tag: &str) -> String {
+    format!("{tag}-{:x}", fastrand::u64(..))
+}
+
+pub async fn next_event(watch: &mut InstanceWatch) -> InstanceEvent {
+    within("a discovery event", watch.next())
+        .await
+        .expect("the watch ended")
+}
+
+fn tcp(port: u16) -> Transport {
+    Transport::tcp(format!("127.0.0.1:{port}"))
+}
+
+/// A second registration shows up as `Added`, deregistration (explicit, by drop, by
+/// shutdown) as `Removed`; the snapshot and `list` agree with the events.
+pub async fn register_list_watch(connect: impl AsyncFn() -> Discovery) {
+    let ns = unique_namespace("suite");
+    let (frontend, worker_a, worker_b) = (connect().await, connect().await, connect().await);
+    let path = |id| EndpointPath::new(&ns, "backend", "generate", id).unwrap();
+
+    let first = worker_a.register(&path(1), tcp(10001)).await.unwrap();
+    let mut watch = frontend.watch(&ns, "backend", "generate").await.unwrap();
+    assert_eq!(watch.current().await, [first.record().clone()], "snapshot");
+    assert_eq!(
+        next_event(&mut watch).await,
+        InstanceEvent::Added(first.record().clone())
+    );
+    let list = || frontend.list(&ns, "backend", "generate");
+    assert_eq!(list().await.unwrap(), [first.record().clone()]);
+
+    let other_endpoint = EndpointPath::new(&ns, "backend", "other", 1).unwrap();
+    let other = worker_b
+        .register(&other_endpoint, tcp(10003))
+        .await
+        .unwrap();
+    let second = worker_b.register(&path(0x2f), tcp(10002)).await.unwrap();
+    assert_eq!(
+        next_event(&mut watch).await,
+        InstanceEvent::Added(second.record().clone()),
+        "the other endpoint's registration is not in this watch"
+    );
+    assert_eq!(
+        list().await.unwrap(),
+        [first.record().clone(), second.record().clone()]
+    );
+    assert!(matches!(
+        worker_b.register(&path(0x2f), tcp(10002)).await,
+        Err(DiscoveryError::AlreadyRegistered { .. })
+    ));
+
+    let second_record = second.record().clone();
+    second.deregister().await.unwrap();
+    assert_eq!(
+        next_event(&mut watch).await,
+        InstanceEvent::Removed(second_record)
+    );
+    let first_record = first.record().clone();
+    drop(first);
+    assert_eq!(
+        next_event(&mut watch).await,
+        InstanceEvent::Removed(first_record)
+    );
+
+    let third = worker_b.register(&path(3), tcp(10004)).await.unwrap();
+    assert_eq!(
+        next_event(&mut watch).await,
+        InstanceEvent::Added(third.record().clone())
+    );
+    worker_b.shutdown().await;
+    assert_eq!(
+        next_event(&mut watch).await,
+        InstanceEvent::Removed(third.record().clone())
+    );
+    assert_eq!(list().await.unwrap(), []);
+    assert!(
+        frontend
+            .list(&ns, "backend", "other")
+            .await
+            .unwrap()
+            .is_empty(),
+        "shutdown removed every registration of the process"
+    );
+    assert!(matches!(
+        worker_b.register(&path(4), tcp(10005)).await,
+        Err(DiscoveryError::Closed)
+    ));
+    drop((other, third));
+}
+
+/// A value under `/services/` that is not a valid record is skipped by `list` and by
+/// watches, and the watch goes on delivering.
+pub async fn corrupt_records_are_skipped(connect: impl AsyncFn() -> Discovery) {
+    let ns = unique_namespace("corrupt");
+    let (frontend, worker) = (connect().await, connect().await);
+    let mut watch = frontend.watch(&ns, "c", "e").await.unwrap();
+    let store = frontend.store();
+    let bad_json = format!("/services/{ns}/c/e/bad");
+    store
+        .put(&bad_json, Bytes::from_static(b"{not json"), None)
+        .await
+        .unwrap();
+    // Valid JSON, but describing another key: routing by it would be wrong.
+    let misplaced = format!("/services/{ns}/c/e/5");
+    let elsewhere = EndpointPath::new(&ns, "c", "e", 6).unwrap();
+    let record = planewire::planes::discovery::InstanceRecord::new(&elsewhere, tcp(1));
+    store.put(&misplaced, record.to_json(), None).await.unwrap();
+
+    let good = worker
+        .register(&EndpointPath::new(&ns, "c", "e", 7).unwrap(), tcp(10007))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event(&mut watch).await,
+        InstanceEvent::Added(good.record().clone()),
+        "the corrupt records produced no event and did not end the watch"
+    );
+    assert_eq!(
+        frontend.list(&ns, "c", "e").await.unwrap(),
+        [good.record().clone()]
+    );
+    let mut fresh = frontend.watch(&ns, "c", "e").await.unwrap();
+    assert_eq!(fresh.current().await, [good.record().clone()]);
+    store.delete(&bad_json).await.unwrap();
+    store.delete(&misplaced).await.unwrap();
+}
+
+/// When the store loses the lease (what a partition longer than the TTL does), the
+/// process notices, registers again under a new lease, and watchers see the instance
+/// go and come back.
+pub async fn lost_lease_is_re_registered(connect: impl AsyncFn() -> Discovery) {
+    let ns = unique_namespace("lost");
+    let (frontend, worker) = (connect().await, connect().await);
+    let path = EndpointPath::new(&ns, "c", "e", 9).unwrap();
+    let handle = worker.register(&path, tcp(10009)).await.unwrap();
+    let record = handle.record().clone();
+    let mut watch = frontend.watch(&ns, "c", "e").await.unwrap();
+    assert_eq!(
+        next_event(&mut watch).await,
+        InstanceEvent::Added(record.clone())
+    );
+    let lease = worker.lease_id().await.expect("a lease after registering");
+    frontend.store().revoke_lease(lease).await.unwrap();
+    assert_eq!(
+        next_event(&mut watch).await,
+        InstanceEvent::Removed(record.clone())
+    );
+    assert_eq!(
+        next_event(&mut watch).await,
+        InstanceEvent::Added(record.clone()),
+        "re-registered by the keep-alive task"
+    );
+    let new_lease = worker.lease_id().await.expect("a new lease");
+    assert_ne!(new_lease, lease);
+    drop(handle);
+    assert_eq!(next_event(&mut watch).await, InstanceEvent::Removed(record));
+}
+
+/// A worker process killed with SIGKILL never deregisters: its record must vanish
+/// within the lease TTL (plus 2 s of slack) and watchers get `Removed`.
+/// `worker_env` configures the child's discovery; `frontend` watches the same store.
+pub async fn killed_worker_expires(
+    worker_env: &[(&str, &str)],
+    frontend: Discovery,
+    ttl: Duration,
+) {
+    let ns = unique_namespace("killed");
+    let mut worker = Worker::start(worker_env, &format!("{ns}/backend/generate"), 0xdead).await;
+    let record = worker.record.clone();
+    let mut watch = frontend.watch(&ns, "backend", "generate").await.unwrap();
+    assert_eq!(watch.current().await, std::slice::from_ref(&record));
+    assert_eq!(
+        next_event(&mut watch).await,
+        InstanceEvent::Added(record.clone())
+    );
+    // Outlive a TTL: the worker's keep-alive holds the record.
+    tokio::time::sleep(ttl + ttl / 2).await;
+    assert_eq!(
+        frontend.list(&ns, "backend", "generate").await.unwrap(),
+        std::slice::from_ref(&record)
+    );
+
+    worker.kill().await;
+    let killed = Instant::now();
+    assert_eq!(
+        next_event(&mut watch).await,
+        InstanceEvent::Removed(record.clone())
+    );
+    let gone_after = killed.elapsed();
+    eprintln!("record of the killed worker vanished {gone_after:?} after SIGKILL (TTL {ttl:?})");
+    assert!(
+        gone_after <= ttl + Duration::from_secs(2),
+        "the record outlived the TTL by too much: {gone_after:?}"
+    );
+    assert_eq!(frontend.list(&ns, "backend", "generate").await.unwrap(), []);
+}
+
+/// The raw key-value operations: create-if-absent, get, put, list by prefix, delete,
+/// and keys on a lease that is revoked.
+pub async fn kv_operations(store: &dyn KvStore) {
+    let prefix = format!("/{}/", unique_namespace("kv"));
+    let key = |k: &str| format!("{prefix}{k}");
+    let kv = |k: &str, v: &'static str| KeyValue {
+        key: key(k),
+        value: Bytes::from_static(v.as_bytes()),
+    };
+    assert_eq!(store.get(&key("a")).await.unwrap(), None);
+    assert!(store.create(&key("a"), "1".into(), None).await.unwrap());
+    assert!(!store.create(&key("a"), "2".into(), None).await.unwrap());
+    assert_eq!(store.get(&key("a")).await.unwrap().unwrap(), "1");
+    store.put(&key("a"), "3".into(), None).await.unwrap();
+    store.put(&key("b"), "4".into(), None).await.unwrap();
+    // Shares the prefix's text but not its trailing slash.
+    let outside = format!("{}z", prefix.trim_end_matches('/'));
+    store.put(&outside, "5".into(), None).await.unwrap();
+    assert_eq!(
+        store.list(&prefix).await.unwrap(),
+        [kv("a", "3"), kv("b", "4")]
+    );
+
+    let lease = store.grant_lease(Duration::from_secs(30)).await.unwrap();
+    store.put(&key("c"), "6".into(), Some(lease)).await.unwrap();
+    store.keep_alive(lease).await.unwrap();
+    assert_eq!(store.get(&key("c")).await.unwrap().unwrap(), "6");
+    store.revoke_lease(lease).await.unwrap();
+    assert_eq!(store.get(&key("c")).await.unwrap(), None);
+    store
+        .revoke_lease(lease)
+        .await
+        .expect("revoking twice is fine");
+    let expired =
+        |r: &Result<_, DiscoveryError>| matches!(r, Err(DiscoveryError::LeaseExpired { .. }));
+    assert!(expired(&store.keep_alive(lease).await));
+    assert!(expired(
+        &store
+            .put(&key("d"), "7".into(), Some(lease))
+            .await
+            .map(drop)
+    ));
+    assert!(expired(
+        &store
+            .create(&key("d"), "7".into(), Some(lease))
+            .await
+            .map(drop)
+    ));
+
+    assert!(store.delete(&key("a")).await.unwrap());
+    assert!(!store.delete(&key("a")).await.unwrap());
+    assert!(store.delete(&key("b")).await.unwrap());
+    assert!(store.delete(&outside).await.unwrap());
+    assert_eq!(store.list(&prefix).await.unwrap(), []);
+}
