@@ -79,6 +79,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
     }
 
+    pub(crate) fn push_opt(&mut self, frame: Option<Frame>) {
+        if let Some(frame) = frame {
+            self.push(&frame);
+        }
+    }
+
     pub(crate) fn queued(&self) -> usize {
         self.queue.remaining()
     }

@@ -8,14 +8,12 @@
 //! never stops the connection from reading.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Context;
 use std::time::Duration;
 
+use futures::{FutureExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc};
@@ -24,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::io::{FrameReader, FrameWriter, WRITE_BATCH_BYTES};
 use super::server::Shared;
-use super::stream_task::StreamTask;
+use super::stream_task::{Framer, Step, StreamTask};
 use crate::codec::{CodecError, ErrorCode, Frame, RequestFrame};
+use crate::planes::Request;
 use crate::sync::lock;
 
 /// Frames from stream tasks waiting for the connection task. Full means the client is
@@ -34,6 +33,9 @@ const OUTBOUND_QUEUE: usize = 1024;
 /// Reading pauses while this much output waits: a client that sends but does not read
 /// gets TCP backpressure instead of growing our write queue without bound.
 const PAUSE_READING_AT: usize = 4 * 1024 * 1024;
+/// Responses a ready handler may produce inline before the rest moves to its own task,
+/// so an endless ready stream cannot monopolize the connection.
+const INLINE_STEPS: usize = 64;
 /// How long a closing connection may spend flushing its last frames to a peer that has
 /// stopped reading.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -251,40 +253,68 @@ impl Connection {
             );
             return refuse(ErrorCode::Overloaded, msg);
         };
-        let token = self.shared.abort.child_token();
-        match lock(&self.streams.open).entry(stream_id) {
-            Entry::Occupied(_) => {
-                let msg = format!("stream id {stream_id} is already open on this connection");
-                return refuse(ErrorCode::StreamIdInUse, msg);
-            }
-            Entry::Vacant(slot) => {
-                slot.insert(token.clone());
-            }
+        if lock(&self.streams.open).contains_key(&stream_id) {
+            let msg = format!("stream id {stream_id} is already open on this connection");
+            return refuse(ErrorCode::StreamIdInUse, msg);
         }
         self.streams
             .last_accepted
             .fetch_max(stream_id, Ordering::Relaxed);
+        let deadline = request.timeout.map(|t| Instant::now() + t);
+        let RequestFrame {
+            path,
+            headers,
+            payload,
+            ..
+        } = request;
+        let request = Request {
+            path,
+            headers,
+            payload,
+            deadline,
+        };
+        let token = CancellationToken::new();
+        let mut responses = endpoint.handler.call(request, token.clone());
+        let mut framer = Framer::new(stream_id, self.shared.max_frame_len);
+        // Most handlers answer without waiting (echo, cached results): take what is ready
+        // here and write it directly, saving a task and a wake-up per request. Polling
+        // with a no-op waker is sound: a stream that is not ready is handed to a task,
+        // whose first poll registers a real waker.
+        for _ in 0..INLINE_STEPS {
+            let Some(next) = responses.next().now_or_never() else {
+                break;
+            };
+            match framer.step(next) {
+                Step::Continue(data) => self.writer.push_opt(data),
+                Step::Finish {
+                    data,
+                    terminal,
+                    stop_handler,
+                } => {
+                    self.writer.push_opt(data);
+                    self.writer.push(&terminal);
+                    if stop_handler {
+                        token.cancel();
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        lock(&self.streams.open).insert(stream_id, token.clone());
         let task = StreamTask {
-            stream_id,
+            responses,
+            framer,
             tx: self.tx.clone(),
             token,
             abort: self.shared.abort.clone(),
-            max_frame_len: self.shared.max_frame_len,
-            deadline: request.timeout.map(|t| Instant::now() + t),
+            deadline,
+            permit,
         };
         let streams = Arc::clone(&self.streams);
-        let handler = Arc::clone(&endpoint.handler);
-        let mut run = Box::pin(async move {
-            task.run(handler, request, permit).await;
+        self.shared.tracker.spawn(async move {
+            task.run().await;
             streams.finish(stream_id);
         });
-        // Most handlers answer without waiting (echo, cached results): run them here and
-        // save a task spawn and a wake-up. The no-op waker is sound because a handler that
-        // is not done is spawned, and the runtime polls it again with a real waker.
-        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-        if run.as_mut().poll(&mut cx).is_pending() {
-            self.shared.tracker.spawn(run);
-        }
         Ok(())
     }
 }
