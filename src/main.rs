@@ -1,4 +1,5 @@
-//! `planewire`: run an echo worker, call an endpoint by hand, or run the latency benchmark.
+//! `planewire`: run an echo worker, call an endpoint by hand, look at discovery, or run
+//! the latency benchmark.
 //! The subcommands live in `src/cli/`; errors end the process with one `error: …` line.
 
 mod cli;
@@ -13,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 #[command(
     name = "planewire",
     version,
-    about = "The planewire TCP request plane from a shell"
+    about = "The planewire TCP request plane and discovery from a shell"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,10 +23,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run an echo worker: every request is answered with K copies of its payload.
+    /// Run an echo worker, registered in discovery: every request is answered with K
+    /// copies of its payload.
     Serve(cli::serve::ServeArgs),
-    /// Send requests to an endpoint; print the responses (--data) or a latency summary.
+    /// Send requests to an endpoint's instances (found through discovery, or --addr);
+    /// print the responses (--data) or a latency summary.
     Call(cli::call::CallArgs),
+    /// List or watch the instances registered in discovery.
+    Discovery(cli::discovery::DiscoveryArgs),
     /// Run the latency benchmark against a raw-TCP floor, all in this process.
     Bench(planewire::bench::BenchOptions),
 }
@@ -41,6 +46,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args).await,
         Command::Call(args) => cli::call::run(args).await,
+        Command::Discovery(args) => cli::discovery::run(args).await,
         Command::Bench(options) => planewire::bench::run(&options)
             .await
             .map(drop)

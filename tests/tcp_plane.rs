@@ -607,3 +607,35 @@ async fn a_consumer_that_stops_reading_overflows_its_own_stream_only() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_without_instance_reaches_the_only_instance() {
+    let server = echo_server().await;
+    let client = client();
+    let addr = server.local_addr().to_string();
+    let bare = path("echo").without_instance();
+    assert_eq!(
+        client
+            .unary(&addr, Request::new(bare.clone(), "one"))
+            .await
+            .unwrap(),
+        "one"
+    );
+    let second = planewire::planes::EndpointPath::new("test", "worker", "echo", 2).unwrap();
+    server
+        .register(
+            &second,
+            unary_handler(|req: Request| async move { Ok(req.payload) }),
+        )
+        .unwrap();
+    let err = client
+        .unary(&addr, Request::new(bare, "two"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(ErrorCode::UnknownEndpoint),
+        "ambiguous: {err}"
+    );
+    assert!(err.to_string().contains("exactly one instance"), "{err}");
+}

@@ -9,8 +9,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use planewire::codec::Utf8Bytes;
-use planewire::planes::{Request, RequestError};
-use planewire::tcp::TcpClient;
+use planewire::planes::Request;
+use planewire::planes::discovery::{EndpointClient, EndpointClientConfig, Route, RouteError};
+use planewire::tcp::{ResponseStream, TcpClient};
 use tokio::task::JoinSet;
 
 use super::{CliError, EndpointArgs};
@@ -19,9 +20,18 @@ use super::{CliError, EndpointArgs};
 pub struct CallArgs {
     #[command(flatten)]
     endpoint: EndpointArgs,
-    /// Server address, as printed by `planewire serve`.
+    /// Call the server at this address (as `planewire serve` prints it) instead of the
+    /// instances found through discovery.
     #[arg(long, value_name = "HOST:PORT")]
-    addr: String,
+    addr: Option<String>,
+    /// Call only this instance, in hexadecimal as `planewire serve` prints it [default:
+    /// round robin over every instance discovery knows].
+    #[arg(long, value_name = "HEX", value_parser = super::parse_instance)]
+    instance: Option<u64>,
+    /// With no instance registered (or not the --instance asked for), wait up to SECS for
+    /// one to appear instead of failing at once.
+    #[arg(long, value_name = "SECS", value_parser = parse_wait, conflicts_with = "addr")]
+    wait: Option<Duration>,
     /// Send TEXT and print every response payload on its own line (lossy UTF-8).
     #[arg(long, value_name = "TEXT", conflicts_with = "size")]
     data: Option<String>,
@@ -36,18 +46,25 @@ pub struct CallArgs {
     concurrency: u64,
 }
 
+fn parse_wait(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| "expected seconds, such as 5 or 0.5".to_owned())
+}
+
 /// What one worker saw.
 struct Tally {
     latencies: Histogram<u64>,
     errors: u64,
-    first_error: Option<RequestError>,
+    first_error: Option<RouteError>,
 }
 
 /// Sends the requests. With `--data` the first error ends the command; otherwise every
 /// request is sent, failures are counted, and any failure makes the exit status non-zero.
+/// Finding no instance ends the command either way: every other request would fail too.
 pub async fn run(args: CallArgs) -> Result<(), CliError> {
-    let path = Utf8Bytes::from(&args.endpoint.path()?);
-    let client = Arc::new(TcpClient::new(super::tcp_config()?)?);
+    let destination = Destination::new(&args).await?;
     let print = args.data.is_some();
     let payload = match args.data {
         Some(text) => Bytes::from(text),
@@ -55,9 +72,7 @@ pub async fn run(args: CallArgs) -> Result<(), CliError> {
     };
     let count = args.count.unwrap_or(if print { 1 } else { 1000 });
     let job = Arc::new(Job {
-        client,
-        address: args.addr,
-        path,
+        destination,
         payload,
         remaining: AtomicU64::new(count),
         print,
@@ -91,10 +106,69 @@ pub async fn run(args: CallArgs) -> Result<(), CliError> {
     }
 }
 
+/// Where the requests go.
+enum Destination {
+    /// `--addr`: one server, named by hand.
+    Address {
+        client: TcpClient,
+        address: String,
+        path: Utf8Bytes,
+    },
+    /// The instances discovery reports, followed as they come and go.
+    Discovered(EndpointClient),
+}
+
+impl Destination {
+    async fn new(args: &CallArgs) -> Result<Self, CliError> {
+        let client = TcpClient::new(super::tcp_config()?)?;
+        if let Some(address) = &args.addr {
+            // Without --instance the path carries no instance id, and the server routes it
+            // to the one instance of the endpoint it hosts.
+            let path = match args.instance {
+                Some(instance) => Utf8Bytes::from(&args.endpoint.path(instance)?),
+                None => Utf8Bytes::from(args.endpoint.path(0)?.without_instance()),
+            };
+            return Ok(Self::Address {
+                client,
+                address: address.clone(),
+                path,
+            });
+        }
+        // Instance 0 only to check and split the names; the route picks the instances.
+        let names = args.endpoint.path(0)?;
+        let config = EndpointClientConfig {
+            route: args.instance.map_or(Route::RoundRobin, Route::Instance),
+            wait_for_instances: args.wait,
+            ..EndpointClientConfig::default()
+        };
+        let routed = EndpointClient::new(
+            &super::discovery().await?,
+            names.namespace(),
+            names.component(),
+            names.endpoint(),
+            Arc::new(client),
+            config,
+        )
+        .await?;
+        Ok(Self::Discovered(routed))
+    }
+
+    async fn send(&self, payload: Bytes) -> Result<ResponseStream, RouteError> {
+        match self {
+            Self::Address {
+                client,
+                address,
+                path,
+            } => Ok(client
+                .call(address, Request::new(path.clone(), payload))
+                .await?),
+            Self::Discovered(routed) => routed.call(payload).await,
+        }
+    }
+}
+
 struct Job {
-    client: Arc<TcpClient>,
-    address: String,
-    path: Utf8Bytes,
+    destination: Destination,
     payload: Bytes,
     remaining: AtomicU64,
     print: bool,
@@ -113,7 +187,7 @@ impl Job {
                         print_lines(&responses)?;
                     }
                 }
-                Err(err) if self.print => return Err(err.into()),
+                Err(err) if self.print || finds_nothing(&err) => return Err(err.into()),
                 Err(err) => {
                     tally.errors += 1;
                     tally.first_error.get_or_insert(err);
@@ -129,15 +203,22 @@ impl Job {
             .is_ok()
     }
 
-    async fn call_once(&self) -> Result<Vec<Bytes>, RequestError> {
-        let request = Request::new(self.path.clone(), self.payload.clone());
-        let mut stream = self.client.call(&self.address, request).await?;
+    async fn call_once(&self) -> Result<Vec<Bytes>, RouteError> {
+        let mut stream = self.destination.send(self.payload.clone()).await?;
         let mut responses = Vec::new();
         while let Some(response) = stream.next().await {
             responses.push(response?);
         }
         Ok(responses)
     }
+}
+
+/// Whether discovery had no instance to send to (after `--wait`, if given).
+fn finds_nothing(err: &RouteError) -> bool {
+    matches!(
+        err,
+        RouteError::NoInstances { .. } | RouteError::UnknownInstance { .. }
+    )
 }
 
 /// One request's responses together, even when several requests are in flight.
@@ -198,4 +279,18 @@ fn summary(
         h.len() as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_is_in_seconds() {
+        assert_eq!(parse_wait("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_wait("0.25"), Ok(Duration::from_millis(250)));
+        for bad in ["-1", "soon", "NaN", ""] {
+            assert!(parse_wait(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -1,33 +1,33 @@
 //! The `planewire` binary's subcommands (compiled into the binary only, not the library).
 
 pub mod call;
+pub mod discovery;
 pub mod serve;
+mod signals;
 
 use planewire::config::{RequestPlaneConfig, RequestPlaneKind, TcpConfig};
+use planewire::planes::discovery::{Discovery, DiscoveryConfig};
 use planewire::planes::{EndpointPath, RegisterError};
 
 /// Any error a subcommand reports; `main` prints its message on one line.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Which endpoint to serve or call. Both sides must agree on the instance id: it is part
-/// of the path on the wire (`ns/component/endpoint/{instance in hex}`).
+/// Which endpoint to serve or call. The instance id, part of the path on the wire
+/// (`ns/component/endpoint/{instance in hex}`), is each command's own option.
 #[derive(Debug, clap::Args)]
 pub struct EndpointArgs {
     /// Endpoint path.
     #[arg(long, value_name = "NS/COMPONENT/ENDPOINT")]
     endpoint: String,
-    /// Instance id, in hexadecimal as on the wire.
-    #[arg(long, value_name = "HEX", default_value = "1", value_parser = parse_instance)]
-    instance: u64,
 }
 
 impl EndpointArgs {
-    pub fn path(&self) -> Result<EndpointPath, RegisterError> {
-        EndpointPath::parse(&self.endpoint, self.instance)
+    pub fn path(&self, instance_id: u64) -> Result<EndpointPath, RegisterError> {
+        EndpointPath::parse(&self.endpoint, instance_id)
     }
 }
 
-fn parse_instance(text: &str) -> Result<u64, String> {
+pub fn parse_instance(text: &str) -> Result<u64, String> {
     let digits = text.strip_prefix("0x").unwrap_or(text);
     u64::from_str_radix(digits, 16)
         .map_err(|_| "expected a hexadecimal instance id such as 1 or 7f".to_owned())
@@ -45,6 +45,11 @@ pub fn tcp_config() -> Result<TcpConfig, CliError> {
         .into());
     }
     Ok(config.tcp)
+}
+
+/// The discovery backend the `DYN_DISCOVERY_*` / `DYN_FILE_KV` / `ETCD_*` environment selects.
+pub async fn discovery() -> Result<Discovery, CliError> {
+    Ok(Discovery::connect(&DiscoveryConfig::from_env()?).await?)
 }
 
 #[cfg(test)]

@@ -1,87 +1,94 @@
-//! `planewire serve`: an echo worker on the TCP request plane.
+//! `planewire serve`: an echo worker on the TCP request plane, registered in discovery.
 
 use std::io::Write;
 
+use bytes::{Bytes, BytesMut};
+use futures::stream;
 use planewire::bench::echo_handler;
-use planewire::planes::RequestPlaneServer;
+use planewire::planes::discovery::Transport;
+use planewire::planes::{Handler, HandlerError, Request, RequestPlaneServer};
 use planewire::tcp::{ServerConfig, TcpServer};
+use tokio_util::sync::CancellationToken;
 
+use super::signals::Signals;
 use super::{CliError, EndpointArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     endpoint: EndpointArgs,
+    /// Instance id, in hexadecimal as on the wire [default: random, so that several
+    /// workers can serve the same endpoint].
+    #[arg(long, value_name = "HEX", value_parser = super::parse_instance)]
+    instance: Option<u64>,
     /// Responses per request, each a copy of the request's payload.
     #[arg(long, value_name = "K", default_value_t = 1)]
     responses: usize,
+    /// Append TEXT to every response, to tell workers apart.
+    #[arg(long, value_name = "TEXT")]
+    tag: Option<String>,
 }
 
-/// Serves until SIGINT or SIGTERM, then shuts down gracefully. The first stdout line is
-/// `listening on HOST:PORT`, for scripts to read.
+/// Serves until SIGINT or SIGTERM, then deregisters and shuts down gracefully. Prints
+/// `listening on HOST:PORT` and then `instance HEX registered at KEY`, once registered,
+/// for scripts to read.
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
-    let path = args.endpoint.path()?;
+    let path = args
+        .endpoint
+        .path(args.instance.unwrap_or_else(|| fastrand::u64(..)))?;
     let server = TcpServer::bind(ServerConfig {
         tcp: super::tcp_config()?,
         ..ServerConfig::default()
     })
     .await?;
-    server.register(&path, echo_handler(args.responses))?;
-    // Installed before the address is printed: a script that reads the line and at once
-    // sends SIGTERM must get a graceful shutdown, not the default action.
-    let mut signals = Signals::install()?;
+    match &args.tag {
+        Some(tag) => {
+            server.register(&path, tagged_echo(args.responses, Bytes::from(tag.clone())))?
+        }
+        None => server.register(&path, echo_handler(args.responses))?,
+    }
     let local = server.local_addr();
-    // Bound to every interface: print the address clients should dial instead.
+    // Bound to every interface: advertise and print the address clients should dial.
     let dial = if local.ip().is_unspecified() {
         server.address()
     } else {
         local.to_string()
     };
+    let discovery = super::discovery().await?;
+    let registration = discovery.register(&path, Transport::tcp(&dial)).await?;
+    // Installed before the lines are printed: a script that reads them and at once sends
+    // SIGTERM must get a deregistration and a graceful shutdown, not the default action.
+    let mut signals = Signals::install()?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on {dial}")?;
+    writeln!(
+        stdout,
+        "instance {:x} registered at {}",
+        path.instance_id(),
+        registration.key()
+    )?;
     stdout.flush()?;
     drop(stdout);
     tracing::info!(endpoint = %path, responses = args.responses, "serving");
     let signal = signals.recv().await?;
     tracing::info!(signal, "shutting down");
+    // Withdrawn first, so that clients stop picking this instance while it drains.
+    if let Err(err) = registration.deregister().await {
+        tracing::warn!(%err, "deregistration failed; the record goes when the lease expires");
+    }
+    discovery.shutdown().await;
     server.shutdown().await;
     Ok(())
 }
 
-#[cfg(unix)]
-struct Signals {
-    terminate: tokio::signal::unix::Signal,
-    interrupt: tokio::signal::unix::Signal,
-}
-
-#[cfg(unix)]
-impl Signals {
-    fn install() -> std::io::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self {
-            terminate: signal(SignalKind::terminate())?,
-            interrupt: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn recv(&mut self) -> std::io::Result<&'static str> {
-        Ok(tokio::select! {
-            _ = self.terminate.recv() => "SIGTERM",
-            _ = self.interrupt.recv() => "SIGINT",
-        })
-    }
-}
-
-#[cfg(not(unix))]
-struct Signals;
-
-#[cfg(not(unix))]
-impl Signals {
-    fn install() -> std::io::Result<Self> {
-        Ok(Self)
-    }
-
-    async fn recv(&mut self) -> std::io::Result<&'static str> {
-        tokio::signal::ctrl_c().await.map(|()| "Ctrl-C")
+/// Like [`echo_handler`], with `tag` after the payload. That costs a copy of the payload
+/// per request, so the untagged worker keeps the zero-copy echo.
+fn tagged_echo(responses: usize, tag: Bytes) -> impl Handler {
+    move |request: Request, _cancel: CancellationToken| {
+        let mut reply = BytesMut::with_capacity(request.payload.len() + tag.len());
+        reply.extend_from_slice(&request.payload);
+        reply.extend_from_slice(&tag);
+        let copies = std::iter::repeat_n(reply.freeze(), responses);
+        stream::iter(copies.map(Ok::<Bytes, HandlerError>))
     }
 }

@@ -75,6 +75,12 @@ impl EndpointPath {
     pub fn instance_id(&self) -> u64 {
         self.instance_id
     }
+
+    /// `namespace/component/endpoint`: on the TCP plane, a request to this path reaches
+    /// the server's one instance of the endpoint, whatever its id.
+    pub fn without_instance(&self) -> String {
+        format!("{}/{}/{}", self.namespace, self.component, self.endpoint)
+    }
 }
 
 impl fmt::Display for EndpointPath {

@@ -68,6 +68,29 @@ pub(super) struct Shared {
     pub(super) buffer_capacities: Mutex<HashMap<u64, Arc<AtomicUsize>>>,
 }
 
+impl Shared {
+    /// The endpoint serving `path`: an exact match or, for a path without an instance id
+    /// (`namespace/component/endpoint`), the one instance of that endpoint hosted here.
+    pub(super) fn endpoint(&self, path: &str) -> Option<Arc<Endpoint>> {
+        let endpoints = self.endpoints.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(endpoint) = endpoints.get(path) {
+            return Some(Arc::clone(endpoint));
+        }
+        if path.matches('/').count() != 2 {
+            return None;
+        }
+        let mut instances = endpoints.iter().filter(|(key, _)| {
+            key.strip_prefix(path)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|instance| !instance.contains('/'))
+        });
+        match (instances.next(), instances.next()) {
+            (Some((_, endpoint)), None) => Some(Arc::clone(endpoint)),
+            _ => None,
+        }
+    }
+}
+
 /// The TCP request-plane server. Create with [`TcpServer::bind`], add endpoints with
 /// [`RequestPlaneServer::register`].
 pub struct TcpServer {

@@ -232,16 +232,11 @@ impl Connection {
             let msg = "server is shutting down; retry on another instance".to_owned();
             return refuse(ErrorCode::ShuttingDown, msg);
         }
-        let endpoint = self
-            .shared
-            .endpoints
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(request.path.as_str())
-            .cloned();
+        let endpoint = self.shared.endpoint(request.path.as_str());
         let Some(endpoint) = endpoint else {
             let msg = format!(
-                "no endpoint {:?} is registered on this server",
+                "no endpoint {:?} is registered on this server (a path without an instance \
+                 id matches only an endpoint with exactly one instance here)",
                 request.path.as_str()
             );
             return refuse(ErrorCode::UnknownEndpoint, msg);

@@ -1,0 +1,240 @@
+//! The `planewire` binary in child processes on 127.0.0.1, each test with a discovery
+//! store of its own. Every child is killed (by PID) when its guard drops, so a failed
+//! test leaves no process behind.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use planewire::planes::discovery::InstanceRecord;
+
+const BIN: &str = env!("CARGO_BIN_EXE_planewire");
+/// Upper bound on waits for a child: a hang fails the test instead of blocking it.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The environment of one test's children: loopback, and where discovery lives.
+pub struct Setup {
+    vars: Vec<(&'static str, String)>,
+    /// Holds the file backend's directory until the test ends.
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Setup {
+    /// The file backend in a fresh directory, with leases of `ttl` seconds.
+    pub fn file(ttl: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut setup = Self::with_backend("file", ttl);
+        let path = dir.path().to_str().expect("UTF-8 temp dir").to_owned();
+        setup.vars.push(("DYN_FILE_KV", path));
+        setup.dir = Some(dir);
+        setup
+    }
+
+    /// etcd at `url`, with leases of `ttl` seconds.
+    pub fn etcd(url: &str, ttl: &str) -> Self {
+        let mut setup = Self::with_backend("etcd", ttl);
+        setup.vars.push(("ETCD_ENDPOINTS", url.to_owned()));
+        setup
+    }
+
+    fn with_backend(backend: &str, ttl: &str) -> Self {
+        Self {
+            vars: vec![
+                ("DYN_TCP_RPC_HOST", "127.0.0.1".to_owned()),
+                ("DYN_DISCOVERY_BACKEND", backend.to_owned()),
+                ("DYN_DISCOVERY_LEASE_TTL", ttl.to_owned()),
+            ],
+            dir: None,
+        }
+    }
+
+    /// The file backend's directory.
+    pub fn file_dir(&self) -> Option<&std::path::Path> {
+        self.dir.as_ref().map(tempfile::TempDir::path)
+    }
+
+    /// `planewire ARGS` with this environment and none of the caller's `DYN_*` or
+    /// `ETCD_*` settings.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        for (name, _) in std::env::vars_os() {
+            let name_text = name.to_string_lossy();
+            if name_text.starts_with("DYN_") || name_text.starts_with("ETCD_") {
+                command.env_remove(&name);
+            }
+        }
+        command
+            .args(args)
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `planewire ARGS` to the end.
+    pub fn output(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run planewire")
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        Running::spawn(self.command(args))
+    }
+
+    /// `planewire serve ARGS`, once it printed its address and instance id.
+    pub fn serve(&self, args: &[&str]) -> Server {
+        let mut command = self.command(&["serve"]);
+        command.args(args);
+        Server::start(Running::spawn(command))
+    }
+
+    /// `planewire discovery list [PREFIX]`, parsed.
+    pub fn list(&self, prefix: Option<&str>) -> Vec<InstanceRecord> {
+        let mut args = vec!["discovery", "list"];
+        args.extend(prefix);
+        let output = self.output(&args);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        text(&output.stdout)
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("list printed {line:?}, not a record: {e}"))
+            })
+            .collect()
+    }
+}
+
+/// A child whose stdout lines arrive on a channel, read by a thread so that a child that
+/// prints nothing fails the test instead of hanging it.
+pub struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn planewire");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (line_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if line_tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next stdout line, or `None` if none came by `deadline` or the child closed
+    /// its stdout.
+    pub fn line_by(&self, deadline: Instant) -> Option<String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.lines.recv_timeout(left).ok()
+    }
+
+    pub fn next_line(&self) -> String {
+        self.line_by(Instant::now() + PATIENCE)
+            .expect("a line from the child in time")
+    }
+
+    /// Sends `kill -SIGNAL PID`.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} failed");
+    }
+
+    /// Still running, or its exit status.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait for the child")
+    }
+
+    /// Waits up to [`PATIENCE`] for the child to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "child still running");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait()
+    }
+
+    /// SIGKILL: a crash, with no chance to deregister.
+    pub fn kill(&mut self) {
+        self.signal("KILL");
+        self.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `planewire serve` child.
+pub struct Server {
+    pub process: Running,
+    pub address: String,
+    pub instance: u64,
+}
+
+impl Server {
+    fn start(process: Running) -> Self {
+        let line = process.next_line();
+        let address = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        let line = process.next_line();
+        let instance = line
+            .strip_prefix("instance ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .unwrap_or_else(|| panic!("unexpected second line {line:?}"));
+        Self {
+            process,
+            address,
+            instance,
+        }
+    }
+
+    /// The instance id as the command line takes it.
+    pub fn instance_hex(&self) -> String {
+        format!("{:x}", self.instance)
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A failed command: non-zero exit, exactly one `error: …` line, no panic.
+pub fn assert_one_error_line(output: &Output) -> String {
+    let stderr = text(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "expected failure, stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    stderr
+}
