@@ -639,3 +639,48 @@ async fn a_path_without_instance_reaches_the_only_instance() {
     );
     assert!(err.to_string().contains("exactly one instance"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_first_calls_shares_one_connect() {
+    let server = echo_server().await;
+    let client = Arc::new(client());
+    let addr = server.local_addr().to_string();
+    let calls: Vec<_> = (0..50)
+        .map(|i| {
+            let (client, addr) = (Arc::clone(&client), addr.clone());
+            tokio::spawn(async move {
+                client
+                    .unary(&addr, Request::new(&path("echo"), format!("{i}")))
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        within("a burst call", call).await.unwrap().unwrap();
+    }
+    assert_eq!(
+        client.connection_count(&addr),
+        1,
+        "50 callers fit on one multiplexed connection"
+    );
+
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let (client, dead) = (Arc::clone(&client), dead.clone());
+            tokio::spawn(async move { client.unary(&dead, Request::new(&path("echo"), "x")).await })
+        })
+        .collect();
+    for call in calls {
+        let err = within("a call to a dead address", call)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, RequestError::Connect { .. }), "{err}");
+        assert!(err.to_string().contains(&dead), "{err}");
+    }
+    assert_eq!(client.connection_count(&dead), 0);
+}

@@ -3,9 +3,10 @@
 //! Each address gets up to `DYN_TCP_POOL_SIZE` connections. A request goes to the usable
 //! connection with the fewest streams in flight; a new connection is opened only when
 //! every open one already carries [`GROW_AT_IN_FLIGHT`] streams (multiplexing makes one
-//! connection enough for light load). Connections in progress count against the size,
-//! so a burst of first calls opens at most `pool_size` sockets; callers beyond that wait
-//! for one to come up. Dead or draining connections are pruned on the next pick.
+//! connection enough for light load). One connect runs at a time per address: a burst of
+//! first calls opens one socket and waits for it (rather than opening a socket each and
+//! spreading thin over them), and when that connect fails, every caller waiting on it gets
+//! its error at once. Dead or draining connections are pruned on the next pick.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,7 +49,12 @@ impl Pools {
 
 struct State {
     connections: Vec<Arc<ClientConnection>>,
-    connecting: usize,
+    /// Whether a connect is in progress.
+    connecting: bool,
+    /// Number of the latest connect attempt.
+    attempt: u64,
+    /// The latest failed attempt and its error, for the callers that waited on it.
+    failure: Option<(u64, RequestError)>,
 }
 
 /// The connections to one remote address.
@@ -62,8 +68,10 @@ pub(crate) struct AddressPool {
 
 enum Pick {
     Use(Arc<ClientConnection>),
-    Connect,
-    Wait,
+    /// Open a connection, as attempt number `.0`.
+    Connect(u64),
+    /// Wait for attempt number `.0` to finish.
+    Wait(u64),
 }
 
 impl AddressPool {
@@ -73,7 +81,9 @@ impl AddressPool {
             config,
             state: Mutex::new(State {
                 connections: Vec::new(),
-                connecting: 0,
+                connecting: false,
+                attempt: 0,
+                failure: None,
             }),
             changed: Notify::new(),
         }
@@ -86,8 +96,15 @@ impl AddressPool {
             let changed = self.changed.notified();
             match self.pick() {
                 Pick::Use(conn) => return Ok(conn),
-                Pick::Wait => changed.await,
-                Pick::Connect => return self.grow().await,
+                Pick::Connect(attempt) => return self.grow(attempt).await,
+                Pick::Wait(attempt) => {
+                    changed.await;
+                    if let Some((failed, err)) = &lock(&self.state).failure {
+                        if *failed == attempt {
+                            return Err(err.clone());
+                        }
+                    }
+                }
             }
         }
     }
@@ -106,32 +123,54 @@ impl AddressPool {
         // Draining connections do not count: they take no new streams and close soon, and
         // counting them could leave a caller waiting on a pool with no usable slot.
         let usable = state.connections.iter().filter(|c| c.is_usable()).count();
-        let room = usable + state.connecting < self.config.pool_size;
+        let room = usable < self.config.pool_size;
         match best {
-            Some(conn) if conn.in_flight() < GROW_AT_IN_FLIGHT || !room => Pick::Use(conn),
-            _ if room => {
-                state.connecting += 1;
-                Pick::Connect
+            Some(conn) if conn.in_flight() < GROW_AT_IN_FLIGHT || !room || state.connecting => {
+                Pick::Use(conn)
             }
-            Some(conn) => Pick::Use(conn),
-            None => Pick::Wait,
+            None if state.connecting => Pick::Wait(state.attempt),
+            _ => {
+                state.connecting = true;
+                state.attempt += 1;
+                Pick::Connect(state.attempt)
+            }
         }
     }
 
-    async fn grow(&self) -> Result<Arc<ClientConnection>, RequestError> {
+    async fn grow(&self, attempt: u64) -> Result<Arc<ClientConnection>, RequestError> {
+        // Ends the attempt even if this caller's future is dropped mid-connect (its own
+        // timeout), so the pool never believes a connect is still running.
+        struct Attempt<'a> {
+            pool: &'a AddressPool,
+            id: u64,
+            outcome: Option<Result<Arc<ClientConnection>, RequestError>>,
+        }
+        impl Drop for Attempt<'_> {
+            fn drop(&mut self) {
+                let mut state = lock(&self.pool.state);
+                state.connecting = false;
+                match &self.outcome {
+                    Some(Ok(conn)) => state.connections.push(Arc::clone(conn)),
+                    Some(Err(err)) => state.failure = Some((self.id, err.clone())),
+                    None => {}
+                }
+                drop(state);
+                self.pool.changed.notify_waiters();
+            }
+        }
+        let mut guard = Attempt {
+            pool: self,
+            id: attempt,
+            outcome: None,
+        };
         let result = match self.resolve().await {
-            Ok(target) => ClientConnection::connect(&self.address, target, &self.config).await,
+            Ok(target) => ClientConnection::connect(&self.address, target, &self.config)
+                .await
+                .map(Arc::new),
             Err(err) => Err(err),
         };
-        let mut state = lock(&self.state);
-        state.connecting -= 1;
-        let result = result.map(|conn| {
-            let conn = Arc::new(conn);
-            state.connections.push(Arc::clone(&conn));
-            conn
-        });
-        drop(state);
-        self.changed.notify_waiters();
+        guard.outcome = Some(result.clone());
+        drop(guard);
         result
     }
 

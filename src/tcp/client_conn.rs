@@ -44,10 +44,18 @@ struct Shared {
     going_away: AtomicBool,
     /// Fired when the connection is dead (reader or writer ended).
     closed: CancellationToken,
+    /// Mirrors `closed` for the pool's per-request checks: reading a token takes its lock,
+    /// which every caller on every thread would contend for.
+    is_closed: AtomicBool,
     read_capacity: AtomicUsize,
 }
 
 impl Shared {
+    fn mark_closed(&self) {
+        self.is_closed.store(true, Ordering::Relaxed);
+        self.closed.cancel();
+    }
+
     fn remove_stream(&self, stream_id: u64) -> Option<mpsc::Sender<Event>> {
         let removed = lock(&self.streams).remove(&stream_id);
         if removed.is_some() {
@@ -101,15 +109,16 @@ impl ClientConnection {
             in_flight: AtomicUsize::new(0),
             going_away: AtomicBool::new(false),
             closed: CancellationToken::new(),
+            is_closed: AtomicBool::new(false),
             read_capacity: AtomicUsize::new(reader.buffer_capacity()),
         });
         let writer = FrameWriter::new(wr, config.max_message_size);
-        let closed = shared.closed.clone();
+        let writer_shared = Arc::clone(&shared);
         tokio::spawn(async move {
             if let Err(err) = write_loop(writer, rx).await {
                 tracing::debug!(%err, "client connection writer failed");
             }
-            closed.cancel();
+            writer_shared.mark_closed();
         });
         tokio::spawn(read_loop(reader, Arc::clone(&shared), tx.downgrade()));
         Ok(Self {
@@ -121,11 +130,11 @@ impl ClientConnection {
 
     /// Whether new requests may go on this connection.
     pub(crate) fn is_usable(&self) -> bool {
-        !self.shared.closed.is_cancelled() && !self.shared.going_away.load(Ordering::Relaxed)
+        !self.is_closed() && !self.shared.going_away.load(Ordering::Relaxed)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.shared.closed.is_cancelled()
+        self.shared.is_closed.load(Ordering::Relaxed)
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -195,10 +204,14 @@ async fn read_loop(
     shared: Arc<Shared>,
     tx: mpsc::WeakSender<Frame>,
 ) {
+    // One future for the whole loop: creating one per frame would take the token's lock.
+    let closed = shared.closed.clone();
+    let writer_failed = closed.cancelled();
+    tokio::pin!(writer_failed);
     let reason = loop {
         let frame = tokio::select! {
             biased;
-            _ = shared.closed.cancelled() => break "the connection could not be written to".to_owned(),
+            _ = &mut writer_failed => break "the connection could not be written to".to_owned(),
             frame = reader.next_frame() => frame,
         };
         shared
@@ -214,7 +227,7 @@ async fn read_loop(
             Err(err) => break err.to_string(),
         }
     };
-    shared.closed.cancel();
+    shared.mark_closed();
     shared.fail_all(&RequestError::ConnectionLost {
         address: shared.address.clone(),
         reason,

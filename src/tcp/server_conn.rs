@@ -123,13 +123,17 @@ impl Connection {
         rx: &mut mpsc::Receiver<Frame>,
         capacity: &AtomicUsize,
     ) {
+        // One future for the whole loop: creating one per frame would take the token's
+        // lock, shared by every connection of the server.
         let shutdown = self.shared.shutdown.clone();
+        let shutdown = shutdown.cancelled();
+        tokio::pin!(shutdown);
         let streams = Arc::clone(&self.streams);
         loop {
             let queued = self.writer.queued();
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled(), if !self.draining => self.start_draining(),
+                _ = &mut shutdown, if !self.draining => self.start_draining(),
                 _ = streams.idle.notified(), if self.draining => {}
                 frame = reader.next_frame(), if queued < PAUSE_READING_AT => {
                     capacity.store(reader.buffer_capacity(), Ordering::Relaxed);

@@ -137,6 +137,10 @@ impl StreamTask {
             }
         };
         tokio::pin!(deadline);
+        // Created once: each creation takes the lock of a token every stream shares.
+        let abort = self.abort.clone();
+        let abort = abort.cancelled();
+        tokio::pin!(abort);
         loop {
             let next = match self.responses.next().now_or_never() {
                 Some(next) if !self.token.is_cancelled() => next,
@@ -147,7 +151,7 @@ impl StreamTask {
                     tokio::select! {
                         biased;
                         _ = self.token.cancelled() => return None,
-                        _ = self.abort.cancelled() => {
+                        _ = &mut abort => {
                             self.token.cancel();
                             let message = "server shut down before the request finished".to_owned();
                             return Some(self.framer.error(ErrorCode::ShuttingDown, message));
