@@ -115,7 +115,7 @@ impl ClientConnection {
         let writer = FrameWriter::new(wr, config.max_message_size);
         let writer_shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            if let Err(err) = write_loop(writer, rx).await {
+            if let Err(err) = write_loop(writer, rx, &writer_shared.in_flight).await {
                 tracing::debug!(%err, "client connection writer failed");
             }
             writer_shared.mark_closed();

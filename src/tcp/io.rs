@@ -1,6 +1,7 @@
 //! Frames over a byte stream: a buffered zero-copy reader and a vectored writer.
 
 use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -109,13 +110,22 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 }
 
-/// Drains `rx` into `writer` until every sender is gone, batching whatever is already
-/// queued into each write.
+/// Drains `rx` into `writer` until every sender is gone, batching whatever is queued into
+/// each write.
+///
+/// When more streams are in flight than requests wait here, their callers are likely
+/// about to queue requests too (their answers just arrived): yielding once lets them, and
+/// one write then carries the lot instead of one write per request. A lone caller
+/// (`in_flight` 1) never waits for that.
 pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: FrameWriter<W>,
     mut rx: tokio::sync::mpsc::Receiver<Frame>,
+    in_flight: &AtomicUsize,
 ) -> io::Result<()> {
     while let Some(frame) = rx.recv().await {
+        if in_flight.load(Ordering::Relaxed) > rx.len() + 1 {
+            tokio::task::yield_now().await;
+        }
         writer.push(&frame);
         while writer.queued() < WRITE_BATCH_BYTES {
             match rx.try_recv() {
