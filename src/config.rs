@@ -157,15 +157,7 @@ impl RequestPlaneConfig {
     /// Like [`from_env`](Self::from_env), reading variables through `lookup` (tests use a
     /// map, so they never race on the process environment).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Self, ConfigError> {
-        let get = |var: &'static str| -> Result<Option<String>, ConfigError> {
-            match lookup(var) {
-                None => Ok(None),
-                Some(v) => v
-                    .into_string()
-                    .map(|s| Some(s.trim().to_owned()).filter(|s| !s.is_empty()))
-                    .map_err(|_| ConfigError::NotUnicode { var }),
-            }
-        };
+        let get = |var: &'static str| read_var(&lookup, var);
         let mut cfg = Self::default();
         if let Some(v) = get(ENV_REQUEST_PLANE)? {
             cfg.plane = v.parse()?;
@@ -203,6 +195,20 @@ impl RequestPlaneConfig {
         }
         cfg.tcp = cfg.tcp.validate()?;
         Ok(cfg)
+    }
+}
+
+/// The trimmed value of `var`; unset and blank both mean "use the default".
+pub(crate) fn read_var(
+    lookup: &impl Fn(&str) -> Option<OsString>,
+    var: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    match lookup(var) {
+        None => Ok(None),
+        Some(v) => v
+            .into_string()
+            .map(|s| Some(s.trim().to_owned()).filter(|s| !s.is_empty()))
+            .map_err(|_| ConfigError::NotUnicode { var }),
     }
 }
 

@@ -148,6 +148,15 @@ async fn ten_thousand_requests_from_200_tasks_over_4_connections() {
     );
 }
 
+/// Sends on `tx` once `cancel` fires. A handler's stream is dropped as soon as its token
+/// fires, so the observation must live in a task of its own.
+fn report_cancel(cancel: CancellationToken, tx: mpsc::Sender<()>) {
+    tokio::spawn(async move {
+        cancel.cancelled().await;
+        tx.send(()).await.unwrap();
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_stream_cancels_the_handler() {
     let server = echo_server().await;
@@ -156,11 +165,7 @@ async fn dropping_the_stream_cancels_the_handler() {
         .register(
             &path("endless"),
             move |_req: Request, cancel: CancellationToken| {
-                let cancelled_tx = cancelled_tx.clone();
-                tokio::spawn(async move {
-                    cancel.cancelled().await;
-                    cancelled_tx.send(()).await.unwrap();
-                });
+                report_cancel(cancel, cancelled_tx.clone());
                 futures::stream::unfold(0u64, |i| async move {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     Some((Ok::<_, HandlerError>(Bytes::from(i.to_string())), i + 1))
@@ -191,12 +196,7 @@ async fn request_timeout_is_reported_and_cancels_the_handler() {
         .register(
             &path("stuck"),
             move |_req: Request, cancel: CancellationToken| {
-                let cancelled_tx = cancelled_tx.clone();
-                // The handler's stream is dropped when the token fires, so watch from a task.
-                tokio::spawn(async move {
-                    cancel.cancelled().await;
-                    cancelled_tx.send(()).await.unwrap();
-                });
+                report_cancel(cancel, cancelled_tx.clone());
                 futures::stream::pending::<Result<Bytes, HandlerError>>()
             },
         )

@@ -15,7 +15,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{ConfigError, invalid, parse_seconds};
+use crate::config::{ConfigError, invalid, parse_seconds, read_var};
 
 pub const ENV_DISCOVERY_BACKEND: &str = "DYN_DISCOVERY_BACKEND";
 pub const ENV_DISCOVERY_LEASE_TTL: &str = "DYN_DISCOVERY_LEASE_TTL";
@@ -131,15 +131,7 @@ impl DiscoveryConfig {
     /// Like [`from_env`](Self::from_env), reading variables through `lookup` (tests use a
     /// map, so they never race on the process environment).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Self, ConfigError> {
-        let get = |var: &'static str| -> Result<Option<String>, ConfigError> {
-            match lookup(var) {
-                None => Ok(None),
-                Some(v) => v
-                    .into_string()
-                    .map(|s| Some(s.trim().to_owned()).filter(|s| !s.is_empty()))
-                    .map_err(|_| ConfigError::NotUnicode { var }),
-            }
-        };
+        let get = |var: &'static str| read_var(&lookup, var);
         let path = |var: &'static str| -> Result<Option<PathBuf>, ConfigError> {
             match lookup(var) {
                 Some(v) if !v.is_empty() => Ok(Some(PathBuf::from(v))),
