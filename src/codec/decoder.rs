@@ -59,7 +59,11 @@ impl FrameDecoder {
         };
         let frame_len = header.frame_len();
         if src.len() < frame_len {
-            src.reserve(frame_len - src.len());
+            if frame_len >= LARGE_FRAME && src.capacity() < frame_len {
+                *src = large_buffer(frame_len, src);
+            } else {
+                src.reserve(frame_len - src.len());
+            }
             self.note_capacity(src);
             return Ok(None);
         }
@@ -93,6 +97,40 @@ impl FrameDecoder {
         }
     }
 }
+
+/// Frames this large get a buffer of their own, sized to the frame and backed by huge
+/// pages where the OS offers them.
+const LARGE_FRAME: usize = 2 * 1024 * 1024;
+
+/// A buffer of exactly `frame_len` bytes holding the frame's first bytes from `partial`
+/// (a deliberate copy of at most one read's worth). Each large frame lands in fresh memory,
+/// since the read buffer is given back after it; with 4 KiB pages, faulting in 32 MiB
+/// costs more than the transfer itself, so the buffer asks for 2 MiB pages instead.
+fn large_buffer(frame_len: usize, partial: &BytesMut) -> BytesMut {
+    let mut buffer = BytesMut::with_capacity(frame_len);
+    advise_huge_pages(buffer.spare_capacity_mut());
+    buffer.extend_from_slice(partial);
+    buffer
+}
+
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(memory: &mut [std::mem::MaybeUninit<u8>]) {
+    const HUGE_PAGE: usize = 2 * 1024 * 1024;
+    let start = memory.as_mut_ptr() as usize;
+    let first = start.next_multiple_of(HUGE_PAGE);
+    let end = (start + memory.len()) / HUGE_PAGE * HUGE_PAGE;
+    if end > first {
+        // SAFETY: the range lies inside `memory`, which we borrow mutably; MADV_HUGEPAGE
+        // only changes how its pages are backed, never their contents. Failure (no THP
+        // support) just leaves normal pages, so the result is ignored.
+        unsafe {
+            libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_memory: &mut [std::mem::MaybeUninit<u8>]) {}
 
 impl Decoder for FrameDecoder {
     type Item = Frame;

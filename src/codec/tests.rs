@@ -574,3 +574,26 @@ proptest! {
         prop_assert!(buf.capacity() <= 4096 + bytes.len());
     }
 }
+
+#[test]
+fn a_large_frame_gets_a_buffer_of_its_exact_size() {
+    let frame = Frame::Data {
+        stream_id: 9,
+        payload: Bytes::from((0..3 << 20).map(|i| i as u8).collect::<Vec<u8>>()),
+    };
+    let whole = encode(&frame);
+    let mut dec = decoder();
+    let mut buf = dec.new_buffer();
+    buf.extend_from_slice(&whole[..1000]);
+    assert_eq!(dec.decode_frame(&mut buf).unwrap(), None);
+    assert_eq!(buf.capacity(), whole.len(), "sized to the frame, no more");
+    assert_eq!(
+        &buf[..],
+        &whole[..1000],
+        "the bytes already read moved along"
+    );
+    buf.extend_from_slice(&whole[1000..]);
+    assert_eq!(buf.capacity(), whole.len(), "the rest fit without growing");
+    assert_eq!(dec.decode_frame(&mut buf).unwrap(), Some(frame));
+    assert_eq!(buf.capacity(), INITIAL_READ_CAPACITY);
+}
