@@ -595,5 +595,9 @@ fn a_large_frame_gets_a_buffer_of_its_exact_size() {
     buf.extend_from_slice(&whole[1000..]);
     assert_eq!(buf.capacity(), whole.len(), "the rest fit without growing");
     assert_eq!(dec.decode_frame(&mut buf).unwrap(), Some(frame));
-    assert_eq!(buf.capacity(), INITIAL_READ_CAPACITY);
+    assert!(buf.is_empty());
+    assert!(
+        buf.capacity() <= INITIAL_READ_CAPACITY,
+        "no large buffer is kept"
+    );
 }
