@@ -19,26 +19,16 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::io::{FrameReader, FrameWriter, write_loop};
+use super::stream_slot::{Next, STREAM_BUFFER, StreamSlot};
 use crate::codec::{ErrorCode, Frame, RequestFrame};
 use crate::config::TcpConfig;
 use crate::planes::RequestError;
 use crate::sync::lock;
 
-/// Responses buffered per stream before the stream is failed as overflowed. The reader
-/// never waits on a slow consumer, so other streams on the connection keep flowing.
-pub const STREAM_BUFFER: usize = 1024;
-
-enum Event {
-    Item(Bytes),
-    /// End of stream; a non-empty payload is the last item (one slot, so it always fits).
-    End(Bytes),
-    Failed(RequestError),
-}
-
 /// State shared by the connection handle, its reader task and its response streams.
 struct Shared {
     address: String,
-    streams: Mutex<HashMap<u64, mpsc::Sender<Event>>>,
+    streams: Mutex<HashMap<u64, Arc<StreamSlot>>>,
     in_flight: AtomicUsize,
     /// Set after go-away: finish what is open, start nothing new.
     going_away: AtomicBool,
@@ -56,7 +46,7 @@ impl Shared {
         self.closed.cancel();
     }
 
-    fn remove_stream(&self, stream_id: u64) -> Option<mpsc::Sender<Event>> {
+    fn remove_stream(&self, stream_id: u64) -> Option<Arc<StreamSlot>> {
         let removed = lock(&self.streams).remove(&stream_id);
         if removed.is_some() {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -67,9 +57,8 @@ impl Shared {
     fn fail_all(&self, error: &RequestError) {
         let drained: Vec<_> = lock(&self.streams).drain().collect();
         self.in_flight.fetch_sub(drained.len(), Ordering::Relaxed);
-        for (_, events) in drained {
-            // Terminal events always fit: items never take a stream's last slot.
-            let _ = events.try_send(Event::Failed(error.clone()));
+        for (_, slot) in drained {
+            slot.finish(Err(error.clone()));
         }
     }
 }
@@ -155,12 +144,12 @@ impl ClientConnection {
         timeout: Duration,
     ) -> Result<ResponseStream, RequestError> {
         let stream_id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
-        let (events_tx, events) = mpsc::channel(STREAM_BUFFER);
+        let slot = Arc::new(StreamSlot::default());
         // Register before sending: the answer can arrive before `send` returns.
-        lock(&self.shared.streams).insert(stream_id, events_tx);
+        lock(&self.shared.streams).insert(stream_id, Arc::clone(&slot));
         self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut stream = ResponseStream {
-            events,
+            slot,
             stream_id,
             shared: Arc::clone(&self.shared),
             tx: self.tx.clone(),
@@ -239,8 +228,8 @@ fn on_frame(shared: &Shared, tx: &mpsc::WeakSender<Frame>, frame: Frame) -> Resu
     match frame {
         Frame::Data { stream_id, payload } => deliver(shared, tx, stream_id, payload),
         Frame::End { stream_id, payload } => {
-            if let Some(events) = shared.remove_stream(stream_id) {
-                let _ = events.try_send(Event::End(payload));
+            if let Some(slot) = shared.remove_stream(stream_id) {
+                slot.finish(Ok(payload));
             }
         }
         Frame::Error {
@@ -248,8 +237,8 @@ fn on_frame(shared: &Shared, tx: &mpsc::WeakSender<Frame>, frame: Frame) -> Resu
             code,
             message,
         } => {
-            if let Some(events) = shared.remove_stream(stream_id) {
-                let _ = events.try_send(Event::Failed(RequestError::Remote {
+            if let Some(slot) = shared.remove_stream(stream_id) {
+                slot.finish(Err(RequestError::Remote {
                     code,
                     message: message.to_string(),
                 }));
@@ -281,15 +270,14 @@ fn on_frame(shared: &Shared, tx: &mpsc::WeakSender<Frame>, frame: Frame) -> Resu
 
 /// Hands a response item to its stream, or fails the stream if its consumer fell behind.
 fn deliver(shared: &Shared, tx: &mpsc::WeakSender<Frame>, stream_id: u64, payload: Bytes) {
-    let events = lock(&shared.streams).get(&stream_id).cloned();
+    let slot = lock(&shared.streams).get(&stream_id).cloned();
     // Unknown ids are streams already cancelled or timed out: ignore.
-    let Some(events) = events else { return };
-    if events.capacity() > 1 {
-        let _ = events.try_send(Event::Item(payload));
+    let Some(slot) = slot else { return };
+    if slot.push(payload) {
         return;
     }
     shared.remove_stream(stream_id);
-    let _ = events.try_send(Event::Failed(RequestError::ResponseOverflow {
+    slot.finish(Err(RequestError::ResponseOverflow {
         buffered: STREAM_BUFFER - 1,
     }));
     if let Some(tx) = tx.upgrade() {
@@ -314,8 +302,8 @@ fn fail_unprocessed(shared: &Shared, last_stream_id: u64, message: &str) {
     shared
         .in_flight
         .fetch_sub(unprocessed.len(), Ordering::Relaxed);
-    for events in unprocessed {
-        let _ = events.try_send(Event::Failed(RequestError::Remote {
+    for slot in unprocessed {
+        slot.finish(Err(RequestError::Remote {
             code: ErrorCode::ShuttingDown,
             message: format!("server is going away ({message}); the request was not processed"),
         }));
@@ -343,7 +331,7 @@ fn send_cancel(tx: &mpsc::Sender<Frame>, stream_id: u64) {
 /// one `Err` and ends on failure or timeout. Dropping it early cancels the request on the
 /// server.
 pub struct ResponseStream {
-    events: mpsc::Receiver<Event>,
+    slot: Arc<StreamSlot>,
     stream_id: u64,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Frame>,
@@ -371,13 +359,13 @@ impl Stream for ResponseStream {
         if self.done {
             return Poll::Ready(None);
         }
-        match self.events.poll_recv(cx) {
-            Poll::Ready(Some(Event::Item(item))) => Poll::Ready(Some(Ok(item))),
-            Poll::Ready(Some(Event::End(last))) => {
+        match self.slot.poll_next(cx) {
+            Poll::Ready(Next::Item(item)) => Poll::Ready(Some(Ok(item))),
+            Poll::Ready(Next::End(last)) => {
                 self.done = true;
                 Poll::Ready((!last.is_empty()).then_some(Ok(last)))
             }
-            Poll::Ready(Some(Event::Failed(err))) => {
+            Poll::Ready(Next::Failed(err)) => {
                 self.done = true;
                 // The server enforces the deadline we sent; its verdict and ours race, and
                 // the caller should see one kind of timeout either way.
@@ -388,14 +376,6 @@ impl Stream for ResponseStream {
                     _ => err,
                 };
                 Poll::Ready(Some(Err(err)))
-            }
-            Poll::Ready(None) => {
-                self.done = true;
-                let address = self.shared.address.clone();
-                Poll::Ready(Some(Err(RequestError::ConnectionLost {
-                    address,
-                    reason: "the connection ended without finishing the stream".to_owned(),
-                })))
             }
             Poll::Pending => match self.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => {

@@ -8,9 +8,10 @@ mod client_conn;
 mod io;
 mod server;
 mod server_conn;
+mod stream_slot;
 mod stream_task;
 
 pub use client::{ResponseStream, TcpClient};
 pub(crate) use client_conn::ClientConnection;
-pub use client_conn::STREAM_BUFFER;
 pub use server::{ServerConfig, TcpServer};
+pub use stream_slot::STREAM_BUFFER;
