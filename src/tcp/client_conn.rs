@@ -152,16 +152,15 @@ impl ClientConnection {
             slot,
             stream_id,
             shared: Arc::clone(&self.shared),
-            tx: self.tx.clone(),
+            tx: Some(self.tx.clone()),
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             timeout,
-            done: false,
         };
         request.stream_id = stream_id;
         // The server gets the time left, so its handler stops when we stop waiting.
         request.timeout = Some(deadline.saturating_duration_since(Instant::now()));
         if self.tx.send(Frame::Request(request)).await.is_err() {
-            stream.done = true;
+            stream.tx = None;
             self.shared.remove_stream(stream_id);
             return Err(self.lost("the connection closed before the request was sent"));
         }
@@ -334,19 +333,19 @@ pub struct ResponseStream {
     slot: Arc<StreamSlot>,
     stream_id: u64,
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Frame>,
+    /// For the cancel frame; `None` once the stream is over, so a finished stream the
+    /// caller still holds does not keep its connection open.
+    tx: Option<mpsc::Sender<Frame>>,
     deadline: Pin<Box<Sleep>>,
     timeout: Duration,
-    done: bool,
 }
 
 impl ResponseStream {
     /// Stops the request now: the server's handler sees its token fire.
     pub fn cancel(&mut self) {
-        if !self.done {
-            self.done = true;
+        if let Some(tx) = self.tx.take() {
             if self.shared.remove_stream(self.stream_id).is_some() {
-                send_cancel(&self.tx, self.stream_id);
+                send_cancel(&tx, self.stream_id);
             }
         }
     }
@@ -356,17 +355,17 @@ impl Stream for ResponseStream {
     type Item = Result<Bytes, RequestError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
+        if self.tx.is_none() {
             return Poll::Ready(None);
         }
         match self.slot.poll_next(cx) {
             Poll::Ready(Next::Item(item)) => Poll::Ready(Some(Ok(item))),
             Poll::Ready(Next::End(last)) => {
-                self.done = true;
+                self.tx = None;
                 Poll::Ready((!last.is_empty()).then_some(Ok(last)))
             }
             Poll::Ready(Next::Failed(err)) => {
-                self.done = true;
+                self.tx = None;
                 // The server enforces the deadline we sent; its verdict and ours race, and
                 // the caller should see one kind of timeout either way.
                 let err = match err.code() {
