@@ -114,15 +114,18 @@ impl AddressPool {
         state
             .connections
             .retain(|c| c.is_usable() || (!c.is_closed() && c.in_flight() > 0));
-        let best = state
-            .connections
-            .iter()
-            .filter(|c| c.is_usable())
-            .min_by_key(|c| c.in_flight())
-            .cloned();
-        // Draining connections do not count: they take no new streams and close soon, and
-        // counting them could leave a caller waiting on a pool with no usable slot.
-        let usable = state.connections.iter().filter(|c| c.is_usable()).count();
+        // Draining connections do not count toward the size: they take no new streams and
+        // close soon, and counting them could leave a caller waiting on a pool with no
+        // usable slot.
+        let mut usable = 0;
+        let mut best: Option<&Arc<ClientConnection>> = None;
+        for conn in state.connections.iter().filter(|c| c.is_usable()) {
+            usable += 1;
+            if best.is_none_or(|b| conn.in_flight() < b.in_flight()) {
+                best = Some(conn);
+            }
+        }
+        let best = best.cloned();
         let room = usable < self.config.pool_size;
         match best {
             Some(conn) if conn.in_flight() < GROW_AT_IN_FLIGHT || !room || state.connecting => {
