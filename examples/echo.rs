@@ -1,10 +1,8 @@
-//! Starts a TCP request-plane server with an echo endpoint on 127.0.0.1, sends a few
-//! requests (unary and streaming), then times 64-byte unary round trips against a raw
-//! TCP ping-pong measured in the same process.
+//! Starts a TCP request-plane server with an echo endpoint on 127.0.0.1 and sends a few
+//! requests, unary and streaming. Latency against a raw-TCP floor is the benchmark's job:
+//! `cargo run --release -- bench`.
 //!
-//! `cargo run --release --example echo [-- ROUND_TRIPS]`
-
-use std::time::{Duration, Instant};
+//! `cargo run --example echo`
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -13,18 +11,10 @@ use planewire::planes::{
     EndpointPath, HandlerError, Request, RequestPlaneClient, RequestPlaneServer, unary_handler,
 };
 use planewire::tcp::{ServerConfig, TcpClient, TcpServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let round_trips: usize = match std::env::args().nth(1) {
-        Some(n) => n
-            .parse()
-            .map_err(|_| format!("ROUND_TRIPS must be a number, got {n:?}"))?,
-        None => 20_000,
-    };
     let tcp = TcpConfig {
         host: Some("127.0.0.1".parse()?),
         ..TcpConfig::default()
@@ -66,90 +56,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("stream -> {}", String::from_utf8_lossy(&word?));
     }
 
-    let payload = Bytes::from(vec![b'x'; 64]);
-    let planewire = time_it(round_trips, || {
-        let request = Request::new(&echo, payload.clone());
-        let client = &client;
-        let address = &address;
-        async move {
-            client
-                .unary(address, request)
-                .await
-                .map(drop)
-                .map_err(Into::into)
-        }
-    })
-    .await?;
-    let raw = raw_ping_pong(round_trips).await?;
-    println!("\n64-byte unary round trip, 1 in flight, {round_trips} samples:");
-    report("raw TCP ping-pong", &raw, &raw);
-    report("planewire", &planewire, &raw);
     server.shutdown().await;
     Ok(())
-}
-
-type BoxError = Box<dyn std::error::Error>;
-
-async fn time_it<F, Fut>(n: usize, mut op: F) -> Result<Vec<Duration>, BoxError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), BoxError>>,
-{
-    for _ in 0..n / 10 {
-        op().await?;
-    }
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let start = Instant::now();
-        op().await?;
-        samples.push(start.elapsed());
-    }
-    samples.sort_unstable();
-    Ok(samples)
-}
-
-/// The floor: a length-prefixed 64-byte echo over one TCP_NODELAY connection.
-async fn raw_ping_pong(n: usize) -> Result<Vec<Duration>, BoxError> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move {
-        let (mut sock, _) = listener.accept().await?;
-        sock.set_nodelay(true)?;
-        let mut buf = vec![0u8; 4 + 64];
-        loop {
-            if sock.read_exact(&mut buf).await.is_err() {
-                return Ok::<_, std::io::Error>(());
-            }
-            sock.write_all(&buf).await?;
-        }
-    });
-    let mut sock = TcpStream::connect(addr).await?;
-    sock.set_nodelay(true)?;
-    let mut msg = vec![b'x'; 4 + 64];
-    msg[..4].copy_from_slice(&64u32.to_le_bytes());
-    let mut reply = vec![0u8; msg.len()];
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n + n / 10 {
-        let start = Instant::now();
-        sock.write_all(&msg).await?;
-        sock.read_exact(&mut reply).await?;
-        if i >= n / 10 {
-            samples.push(start.elapsed());
-        }
-    }
-    samples.sort_unstable();
-    server.abort();
-    Ok(samples)
-}
-
-fn report(name: &str, samples: &[Duration], floor: &[Duration]) {
-    let pct = |s: &[Duration], p: f64| s[((s.len() as f64 * p) as usize).min(s.len() - 1)];
-    let (p50, p99) = (pct(samples, 0.50), pct(samples, 0.99));
-    println!(
-        "  {name:<18} p50 {:>7.1} µs ({:.2}× floor)   p99 {:>7.1} µs ({:.2}× floor)",
-        p50.as_secs_f64() * 1e6,
-        p50.as_secs_f64() / pct(floor, 0.50).as_secs_f64(),
-        p99.as_secs_f64() * 1e6,
-        p99.as_secs_f64() / pct(floor, 0.99).as_secs_f64(),
-    );
 }
