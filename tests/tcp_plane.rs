@@ -224,13 +224,7 @@ async fn request_timeout_is_reported_and_cancels_the_handler() {
         .await
         .unwrap();
     // The connection survives the timeout.
-    assert_eq!(
-        client
-            .unary(&addr, Request::new(&path("echo"), "after"))
-            .await
-            .unwrap(),
-        "after"
-    );
+    assert_echoes(&client, &addr, "after").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,13 +239,7 @@ async fn unknown_endpoint_is_a_clear_error_and_the_connection_survives() {
     assert_eq!(err.code(), Some(ErrorCode::UnknownEndpoint));
     assert!(err.to_string().contains("test/worker/nope/1"), "{err}");
     assert!(!err.is_retryable());
-    assert_eq!(
-        client
-            .unary(&addr, Request::new(&path("echo"), "ok"))
-            .await
-            .unwrap(),
-        "ok"
-    );
+    assert_echoes(&client, &addr, "ok").await;
     assert_eq!(client.connection_count(&addr), 1);
 }
 
@@ -283,25 +271,13 @@ async fn oversize_request_is_refused_before_sending() {
         0,
         "no connection was opened, so no byte was written"
     );
-    assert_eq!(
-        client
-            .unary(&addr, Request::new(&path("echo"), "small"))
-            .await
-            .unwrap(),
-        "small"
-    );
+    assert_echoes(&client, &addr, "small").await;
     let err = client
         .unary(&addr, Request::new(&path("echo"), vec![0u8; 2 << 20]))
         .await
         .unwrap_err();
     assert!(matches!(err, RequestError::MessageTooLarge { .. }));
-    assert_eq!(
-        client
-            .unary(&addr, Request::new(&path("echo"), "still"))
-            .await
-            .unwrap(),
-        "still"
-    );
+    assert_echoes(&client, &addr, "still").await;
     assert_eq!(client.connection_count(&addr), 1);
 }
 
@@ -332,13 +308,7 @@ async fn oversize_response_is_an_error_not_a_dead_connection() {
         err.to_string().contains("DYN_TCP_MAX_MESSAGE_SIZE"),
         "{err}"
     );
-    assert_eq!(
-        client
-            .unary(&addr, Request::new(&path("echo"), "ok"))
-            .await
-            .unwrap(),
-        "ok"
-    );
+    assert_echoes(&client, &addr, "ok").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -595,14 +565,8 @@ async fn a_consumer_that_stops_reading_overflows_its_own_stream_only() {
         Some(1),
         "the overflowed stream was cancelled"
     );
-    assert_eq!(
-        client
-            .unary(&addr, Request::new(&path("echo"), "after"))
-            .await
-            .unwrap(),
-        "after"
-    );
-    drop((flood, client));
+    assert_echoes(&client, &addr, "after").await;
+    drop(client);
     within("the fake server to see the close", fake_server)
         .await
         .unwrap();

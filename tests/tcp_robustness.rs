@@ -26,14 +26,7 @@ fn go_away_code(frames: &[Frame]) -> Option<(ErrorCode, String)> {
 }
 
 async fn assert_still_serving(server: &TcpServer, client: &TcpClient) {
-    let addr = server.local_addr().to_string();
-    let reply = within(
-        "a request from a healthy client",
-        client.unary(&addr, Request::new(&path("echo"), "alive")),
-    )
-    .await
-    .unwrap();
-    assert_eq!(reply, "alive");
+    assert_echoes(client, &server.local_addr().to_string(), "alive").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

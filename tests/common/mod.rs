@@ -7,7 +7,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use planewire::codec::{Frame, FrameDecoder, HeaderMap, RequestFrame, encode_frame};
 use planewire::config::TcpConfig;
-use planewire::planes::{EndpointPath, Request, RequestPlaneServer, unary_handler};
+use planewire::planes::{
+    EndpointPath, Request, RequestPlaneClient, RequestPlaneServer, unary_handler,
+};
 use planewire::tcp::{ServerConfig, TcpClient, TcpServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -53,6 +55,17 @@ pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
     tokio::time::timeout(PATIENCE, fut)
         .await
         .unwrap_or_else(|_| panic!("{what} did not finish within {PATIENCE:?}"))
+}
+
+/// Sends `body` to the echo endpoint at `addr` and checks it comes back.
+pub async fn assert_echoes(client: &TcpClient, addr: &str, body: &str) {
+    let reply = within(
+        "an echo",
+        client.unary(addr, Request::new(&path("echo"), body.to_owned())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply, body.as_bytes());
 }
 
 /// A hand-driven protocol peer, for sending what a well-behaved client never would.

@@ -26,6 +26,17 @@ pub struct KeyValue {
     pub value: Bytes,
 }
 
+#[cfg(test)]
+impl KeyValue {
+    /// A pair with a static value, for tests.
+    pub(crate) fn of(key: &str, value: &'static str) -> Self {
+        Self {
+            key: key.to_owned(),
+            value: Bytes::from_static(value.as_bytes()),
+        }
+    }
+}
+
 /// One item of a prefix watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvEvent {

@@ -340,13 +340,6 @@ mod tests {
     use super::*;
     use futures::StreamExt;
 
-    fn kv(key: &str, value: &'static str) -> KeyValue {
-        KeyValue {
-            key: key.to_owned(),
-            value: Bytes::from_static(value.as_bytes()),
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn keys_vanish_when_their_lease_expires_and_watchers_see_the_delete() {
         let store = MemoryStore::new();
@@ -357,8 +350,8 @@ mod tests {
         assert_eq!(
             watch.next().await,
             Some(KvEvent::Snapshot(vec![
-                kv("/a/1", "one"),
-                kv("/a/2", "two")
+                KeyValue::of("/a/1", "one"),
+                KeyValue::of("/a/2", "two")
             ]))
         );
         tokio::time::sleep(Duration::from_secs(6)).await;
@@ -413,7 +406,10 @@ mod tests {
         assert_eq!(watch.next().await, Some(KvEvent::Snapshot(vec![])));
         store.put("/y/1", "no".into(), None).await.unwrap();
         store.put("/x/1", "yes".into(), None).await.unwrap();
-        assert_eq!(watch.next().await, Some(KvEvent::Put(kv("/x/1", "yes"))));
+        assert_eq!(
+            watch.next().await,
+            Some(KvEvent::Put(KeyValue::of("/x/1", "yes")))
+        );
         drop(store);
         assert_eq!(watch.next().await, None);
     }

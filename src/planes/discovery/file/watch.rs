@@ -91,13 +91,6 @@ mod tests {
     use crate::planes::discovery::{DiscoveryError, FileStore, KvStore};
     use std::time::Duration;
 
-    fn kv(key: &str, value: &'static str) -> KeyValue {
-        KeyValue {
-            key: key.to_owned(),
-            value: Bytes::from_static(value.as_bytes()),
-        }
-    }
-
     #[tokio::test]
     async fn polling_reports_puts_and_deletes_then_ends_with_the_store() {
         let tmp = tempfile::tempdir().unwrap();
@@ -107,10 +100,13 @@ mod tests {
         let mut watch = store.watch("/w/").await.unwrap();
         assert_eq!(
             watch.next().await,
-            Some(KvEvent::Snapshot(vec![kv("/w/a", "1")]))
+            Some(KvEvent::Snapshot(vec![KeyValue::of("/w/a", "1")]))
         );
         store.put("/w/b", "2".into(), None).await.unwrap();
-        assert_eq!(watch.next().await, Some(KvEvent::Put(kv("/w/b", "2"))));
+        assert_eq!(
+            watch.next().await,
+            Some(KvEvent::Put(KeyValue::of("/w/b", "2")))
+        );
         store.delete("/w/a").await.unwrap();
         assert_eq!(watch.next().await, Some(KvEvent::Delete("/w/a".into())));
         drop(store);
@@ -152,7 +148,10 @@ mod tests {
         store.put("/r/ok", "v".into(), None).await.unwrap();
         std::fs::write(tmp.path().join("keys").join("%2Fr%2Fbad"), "no header").unwrap();
         std::fs::write(tmp.path().join("keys").join("not a key name"), "-\nv").unwrap();
-        assert_eq!(store.list("/r/").await.unwrap(), [kv("/r/ok", "v")]);
+        assert_eq!(
+            store.list("/r/").await.unwrap(),
+            [KeyValue::of("/r/ok", "v")]
+        );
         assert!(!tmp.path().join("keys").join("%2Fr%2Fbad").exists());
     }
 }
