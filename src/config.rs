@@ -198,6 +198,145 @@ impl RequestPlaneConfig {
     }
 }
 
+pub const ENV_NATS_SERVER: &str = "NATS_SERVER";
+pub const ENV_NATS_USERNAME: &str = "NATS_AUTH_USERNAME";
+pub const ENV_NATS_PASSWORD: &str = "NATS_AUTH_PASSWORD";
+pub const ENV_NATS_TOKEN: &str = "NATS_AUTH_TOKEN";
+pub const ENV_NATS_CREDENTIALS: &str = "NATS_AUTH_CREDENTIALS_FILE";
+pub const ENV_NATS_NKEY: &str = "NATS_AUTH_NKEY";
+pub const ENV_NATS_CONNECT_TIMEOUT: &str = "NATS_CONNECT_TIMEOUT";
+pub const ENV_NATS_PUBLISH_BUFFER: &str = "NATS_PUBLISH_BUFFER";
+
+/// How to reach NATS, shared by every plane that uses it. Present in every build so the
+/// configuration has one shape; only used with the `nats` feature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// `NATS_SERVER` (`nats://localhost:4222`); several URLs may be comma-separated.
+    pub url: String,
+    pub auth: NatsAuth,
+    /// `NATS_CONNECT_TIMEOUT` (3 s): an unreachable server is an error after this long.
+    pub connect_timeout: Duration,
+    /// `NATS_PUBLISH_BUFFER` (65536 messages): what the client holds while the server is
+    /// away (a restart, a network blip) and sends once it reconnects. A publisher that
+    /// fills it waits for the connection instead of losing messages.
+    pub publish_buffer: usize,
+}
+
+/// NATS credentials; at most one kind may be configured.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum NatsAuth {
+    #[default]
+    None,
+    /// `NATS_AUTH_USERNAME` + `NATS_AUTH_PASSWORD`.
+    UserPassword { user: String, password: String },
+    /// `NATS_AUTH_TOKEN`.
+    Token(String),
+    /// `NATS_AUTH_CREDENTIALS_FILE`: a `.creds` file (JWT + nkey seed).
+    CredentialsFile(std::path::PathBuf),
+    /// `NATS_AUTH_NKEY`: an nkey seed.
+    Nkey(String),
+}
+
+impl std::fmt::Debug for NatsAuth {
+    /// Never prints a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::UserPassword { user, .. } => write!(f, "UserPassword({user:?}, ***)"),
+            Self::Token(_) => f.write_str("Token(***)"),
+            Self::CredentialsFile(path) => write!(f, "CredentialsFile({path:?})"),
+            Self::Nkey(_) => f.write_str("Nkey(***)"),
+        }
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://localhost:4222".to_owned(),
+            auth: NatsAuth::None,
+            connect_timeout: Duration::from_secs(3),
+            publish_buffer: 65_536,
+        }
+    }
+}
+
+impl NatsConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|var| std::env::var_os(var))
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Self, ConfigError> {
+        let mut cfg = Self::default();
+        if let Some(v) = read_var(&lookup, ENV_NATS_SERVER)? {
+            if !v.split(',').all(|u| {
+                let u = u.trim();
+                !u.is_empty() && !u.contains(char::is_whitespace)
+            }) {
+                return Err(invalid(
+                    ENV_NATS_SERVER,
+                    &v,
+                    "one or more comma-separated URLs, e.g. nats://127.0.0.1:4222",
+                ));
+            }
+            cfg.url = v;
+        }
+        if let Some(v) = read_var(&lookup, ENV_NATS_CONNECT_TIMEOUT)? {
+            cfg.connect_timeout = parse_seconds(ENV_NATS_CONNECT_TIMEOUT, &v)?;
+        }
+        if let Some(v) = read_var(&lookup, ENV_NATS_PUBLISH_BUFFER)? {
+            cfg.publish_buffer = parse_count(ENV_NATS_PUBLISH_BUFFER, &v)?;
+        }
+        let user = read_var(&lookup, ENV_NATS_USERNAME)?;
+        let password = read_var(&lookup, ENV_NATS_PASSWORD)?;
+        let mut choices = Vec::new();
+        match (user, password) {
+            (Some(user), Some(password)) => {
+                choices.push((ENV_NATS_USERNAME, NatsAuth::UserPassword { user, password }))
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(invalid(
+                    ENV_NATS_PASSWORD,
+                    "",
+                    "a password, because NATS_AUTH_USERNAME is set",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    ENV_NATS_USERNAME,
+                    "",
+                    "a user name, because NATS_AUTH_PASSWORD is set",
+                ));
+            }
+        }
+        if let Some(token) = read_var(&lookup, ENV_NATS_TOKEN)? {
+            choices.push((ENV_NATS_TOKEN, NatsAuth::Token(token)));
+        }
+        if let Some(path) = read_var(&lookup, ENV_NATS_CREDENTIALS)? {
+            choices.push((ENV_NATS_CREDENTIALS, NatsAuth::CredentialsFile(path.into())));
+        }
+        if let Some(seed) = read_var(&lookup, ENV_NATS_NKEY)? {
+            choices.push((ENV_NATS_NKEY, NatsAuth::Nkey(seed)));
+        }
+        if choices.len() > 1 {
+            let names: Vec<&str> = choices.iter().map(|(var, _)| *var).collect();
+            return Err(invalid(
+                choices[1].0,
+                "(set)",
+                &format!(
+                    "one kind of NATS credentials, but {} are all set",
+                    names.join(", ")
+                ),
+            ));
+        }
+        if let Some((_, auth)) = choices.pop() {
+            cfg.auth = auth;
+        }
+        Ok(cfg)
+    }
+}
+
 /// The trimmed value of `var`; unset and blank both mean "use the default".
 pub(crate) fn read_var(
     lookup: &impl Fn(&str) -> Option<OsString>,
@@ -225,7 +364,7 @@ fn parse_bytes(var: &'static str, v: &str) -> Result<usize, ConfigError> {
         .map_err(|_| invalid(var, v, "a whole number of bytes, e.g. 33554432 for 32 MiB"))
 }
 
-fn parse_count(var: &'static str, v: &str) -> Result<usize, ConfigError> {
+pub(crate) fn parse_count(var: &'static str, v: &str) -> Result<usize, ConfigError> {
     match v.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(invalid(var, v, "a positive integer")),
@@ -428,5 +567,55 @@ mod tests {
             from(&[("DYN_TCP_POOL_SIZE", "  ")]).unwrap().tcp.pool_size,
             50
         );
+    }
+
+    fn nats(vars: &[(&str, &str)]) -> Result<NatsConfig, ConfigError> {
+        let map: HashMap<String, OsString> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect();
+        NatsConfig::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn nats_defaults_and_variables() {
+        let cfg = nats(&[]).unwrap();
+        assert_eq!(cfg.url, "nats://localhost:4222");
+        assert_eq!(cfg.auth, NatsAuth::None);
+        assert_eq!(cfg.connect_timeout, Duration::from_secs(3));
+        assert_eq!(cfg.publish_buffer, 65_536);
+        let cfg = nats(&[
+            ("NATS_SERVER", "nats://127.0.0.1:5000"),
+            ("NATS_AUTH_USERNAME", "u"),
+            ("NATS_AUTH_PASSWORD", "p"),
+            ("NATS_CONNECT_TIMEOUT", "0.5"),
+            ("NATS_PUBLISH_BUFFER", "10"),
+        ])
+        .unwrap();
+        assert_eq!(cfg.url, "nats://127.0.0.1:5000");
+        let auth = NatsAuth::UserPassword {
+            user: "u".into(),
+            password: "p".into(),
+        };
+        assert_eq!(cfg.auth, auth);
+        assert!(
+            !format!("{auth:?}").contains('p'),
+            "secrets stay out of Debug"
+        );
+        assert_eq!(cfg.connect_timeout, Duration::from_millis(500));
+        assert_eq!(cfg.publish_buffer, 10);
+        let token = nats(&[("NATS_AUTH_TOKEN", "s3cret")]).unwrap();
+        assert_eq!(token.auth, NatsAuth::Token("s3cret".into()));
+    }
+
+    #[test]
+    fn nats_bad_values_name_the_variable() {
+        let text = |vars: &[(&str, &str)]| nats(vars).unwrap_err().to_string();
+        assert!(text(&[("NATS_SERVER", "nats://a b")]).contains("NATS_SERVER"));
+        assert!(text(&[("NATS_CONNECT_TIMEOUT", "-1")]).contains("NATS_CONNECT_TIMEOUT"));
+        assert!(text(&[("NATS_PUBLISH_BUFFER", "0")]).contains("NATS_PUBLISH_BUFFER"));
+        assert!(text(&[("NATS_AUTH_USERNAME", "u")]).contains("NATS_AUTH_PASSWORD"));
+        let both = text(&[("NATS_AUTH_TOKEN", "t"), ("NATS_AUTH_NKEY", "SU")]);
+        assert!(both.contains("NATS_AUTH_TOKEN, NATS_AUTH_NKEY"), "{both}");
     }
 }

@@ -1,9 +1,11 @@
 //! The planes' thin traits and their backends.
 //!
 //! The request plane is [`RequestPlaneClient`] + [`RequestPlaneServer`]; the TCP
-//! implementation lives in [`crate::tcp`]. The discovery plane is [`discovery`].
+//! implementation lives in [`crate::tcp`]. The discovery plane is [`discovery`], the
+//! event plane [`events`].
 
 pub mod discovery;
+pub mod events;
 mod error;
 mod request;
 

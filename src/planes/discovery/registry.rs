@@ -3,6 +3,8 @@
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use tokio_util::sync::CancellationToken;
 
 use super::DiscoveryError;
@@ -93,6 +95,26 @@ impl Discovery {
         let record = InstanceRecord::new(path, transport);
         let key = record.key()?;
         let value = record.to_json();
+        self.register_value(key, value, Some(record)).await
+    }
+
+    /// Publishes `value` under `key` on this process's lease, with the same lifetime
+    /// rules as [`register`](Self::register). Other planes keep their records in
+    /// discovery this way (the ZMQ event plane's publishers, for one).
+    pub async fn register_key(
+        &self,
+        key: String,
+        value: Bytes,
+    ) -> Result<RegistrationHandle, DiscoveryError> {
+        self.register_value(key, value, None).await
+    }
+
+    async fn register_value(
+        &self,
+        key: String,
+        value: Bytes,
+        record: Option<InstanceRecord>,
+    ) -> Result<RegistrationHandle, DiscoveryError> {
         let shared = &self.shared;
         let mut state = shared.state.lock().await;
         if state.closed {
@@ -284,13 +306,15 @@ async fn keep_alive_loop(shared: Weak<Shared>, cancel: CancellationToken, interv
 pub struct RegistrationHandle {
     shared: Arc<Shared>,
     key: String,
-    record: InstanceRecord,
+    /// `None` for a [`Discovery::register_key`] registration.
+    record: Option<InstanceRecord>,
     active: bool,
 }
 
 impl RegistrationHandle {
-    pub fn record(&self) -> &InstanceRecord {
-        &self.record
+    /// The instance record, for a registration made by [`Discovery::register`].
+    pub fn record(&self) -> Option<&InstanceRecord> {
+        self.record.as_ref()
     }
 
     pub fn key(&self) -> &str {
