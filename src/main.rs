@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 #[command(
     name = "planewire",
     version,
-    about = "The planewire TCP request plane and discovery from a shell"
+    about = "The planewire request plane, discovery and event plane from a shell"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,6 +31,8 @@ enum Command {
     Call(cli::call::CallArgs),
     /// List or watch the instances registered in discovery.
     Discovery(cli::discovery::DiscoveryArgs),
+    /// Publish or subscribe to events on the event plane (DYN_EVENT_PLANE).
+    Events(cli::events::EventsArgs),
     /// Run the latency benchmark against a raw-TCP floor, all in this process.
     Bench(planewire::bench::BenchOptions),
 }
@@ -47,6 +49,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => cli::serve::run(args).await,
         Command::Call(args) => cli::call::run(args).await,
         Command::Discovery(args) => cli::discovery::run(args).await,
+        Command::Events(args) => cli::events::run(args).await,
         Command::Bench(options) => planewire::bench::run(&options)
             .await
             .map(drop)

@@ -15,6 +15,7 @@ mod cells;
 mod driver;
 mod echo;
 mod error;
+mod events;
 mod plane;
 mod plot;
 mod raw;
@@ -29,6 +30,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub use cells::Cell;
 pub use echo::echo_handler;
 pub use error::BenchError;
+pub use events::{EVENT_PAYLOAD, EventResult, VersusBare};
 pub use report::{CellResult, Mode, Percentiles, Ratios, System};
 
 use driver::{Caller, Measurement, Timing};
@@ -57,6 +59,10 @@ pub struct BenchOptions {
         value_parser = cells::parse_open_load
     )]
     pub open_load: f64,
+    /// Also measure the NATS event plane against the nats-server at URL (needs the
+    /// `nats` feature).
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
 }
 
 /// Runs every cell, prints the table on stdout, writes the JSON and the plot if asked,
@@ -72,8 +78,10 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
         let cell_runs = run_cell(cell, &mut plane, &raw, timing, options.open_load, &progress);
         runs.extend(cell_runs.await?);
     }
-    progress.finish_and_clear();
     plane.shutdown().await;
+    progress.set_message("event plane");
+    let event_results = events::run(events::timing(options.quick), options.nats.as_deref()).await?;
+    progress.finish_and_clear();
 
     println!(
         "planewire latency benchmark ({} mode): 127.0.0.1, {} CPUs, {:?} warm-up + {:?} per run",
@@ -84,8 +92,13 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
     );
     let results: Vec<CellResult> = runs.iter().map(|r| r.result.clone()).collect();
     println!("{}", report::table(&results, options.open_load));
+    println!(
+        "event plane: {} B events; latency is publish → receive with one event in flight",
+        events::EVENT_PAYLOAD
+    );
+    println!("{}", events::table(&event_results));
     if let Some(path) = &options.json {
-        report::write_json(path, &results)?;
+        report::write_json(path, &results, &event_results)?;
     }
     if let Some(path) = &options.plot {
         plot::draw(path, &runs)?;

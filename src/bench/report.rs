@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::BenchError;
 use super::cells::{Cell, size_label};
 use super::driver::Measurement;
+use super::events::EventResult;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -234,11 +235,23 @@ fn compact(rate: f64) -> String {
     }
 }
 
-pub(crate) fn write_json(path: &Path, results: &[CellResult]) -> Result<(), BenchError> {
+/// One array: the request-plane cells, then the event cells (`"cell": "event"`).
+pub(crate) fn write_json(
+    path: &Path,
+    results: &[CellResult],
+    events: &[EventResult],
+) -> Result<(), BenchError> {
     let output_error = |reason: String| BenchError::Output {
         path: path.to_owned(),
         reason,
     };
-    let json = serde_json::to_vec_pretty(results).map_err(|e| output_error(e.to_string()))?;
+    let mut all = Vec::with_capacity(results.len() + events.len());
+    for value in results.iter().map(serde_json::to_value) {
+        all.push(value.map_err(|e| output_error(e.to_string()))?);
+    }
+    for value in events.iter().map(serde_json::to_value) {
+        all.push(value.map_err(|e| output_error(e.to_string()))?);
+    }
+    let json = serde_json::to_vec_pretty(&all).map_err(|e| output_error(e.to_string()))?;
     std::fs::write(path, json).map_err(|e| output_error(e.to_string()))
 }

@@ -2,6 +2,7 @@
 
 pub mod call;
 pub mod discovery;
+pub mod events;
 pub mod serve;
 mod signals;
 

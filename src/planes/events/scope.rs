@@ -39,6 +39,19 @@ impl EventScope {
         Ok(scope)
     }
 
+    /// `NAMESPACE/COMPONENT` or `NAMESPACE/COMPONENT/ENDPOINT`.
+    pub fn parse(spec: &str) -> Result<Self, EventError> {
+        let mut parts = spec.split('/');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(ns), Some(c), None, None) => Self::new(ns, c),
+            (Some(ns), Some(c), Some(e), None) => Self::new(ns, c)?.with_endpoint(e),
+            _ => Err(EventError::InvalidScope {
+                scope: spec.to_owned(),
+                reason: "expected NAMESPACE/COMPONENT or NAMESPACE/COMPONENT/ENDPOINT",
+            }),
+        }
+    }
+
     /// Narrows the scope to one endpoint of the component.
     pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Result<Self, EventError> {
         self.endpoint = Some(endpoint.into());
@@ -202,6 +215,20 @@ mod tests {
         assert_ne!(a.stream_name(), c.stream_name());
         assert_eq!(a.channels_prefix(), "/event_channels/a/b/~/");
         assert_eq!(c.stream_name(), "PW_EV_a_b_~7E");
+    }
+
+    #[test]
+    fn parse_takes_two_or_three_segments() {
+        assert_eq!(
+            EventScope::parse("a/b").unwrap(),
+            EventScope::new("a", "b").unwrap()
+        );
+        let three = EventScope::parse("a/b/c").unwrap();
+        assert_eq!(three.endpoint(), Some("c"));
+        assert_eq!(three.to_string(), "a/b/c");
+        for bad in ["a", "a/b/c/d", "a//c", ""] {
+            assert!(EventScope::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
