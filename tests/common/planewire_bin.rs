@@ -43,6 +43,7 @@ impl Setup {
         Self {
             vars: vec![
                 ("DYN_TCP_RPC_HOST", "127.0.0.1".to_owned()),
+                ("DYN_EVENT_PLANE_HOST", "127.0.0.1".to_owned()),
                 ("DYN_DISCOVERY_BACKEND", backend.to_owned()),
                 ("DYN_DISCOVERY_LEASE_TTL", ttl.to_owned()),
             ],
@@ -50,18 +51,24 @@ impl Setup {
         }
     }
 
+    /// Adds `name=value` to the children's environment.
+    pub fn env(mut self, name: &'static str, value: &str) -> Self {
+        self.vars.push((name, value.to_owned()));
+        self
+    }
+
     /// The file backend's directory.
     pub fn file_dir(&self) -> Option<&std::path::Path> {
         self.dir.as_ref().map(tempfile::TempDir::path)
     }
 
-    /// `planewire ARGS` with this environment and none of the caller's `DYN_*` or
-    /// `ETCD_*` settings.
+    /// `planewire ARGS` with this environment and none of the caller's `DYN_*`, `ETCD_*`
+    /// or `NATS_*` settings.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(BIN);
         for (name, _) in std::env::vars_os() {
             let name_text = name.to_string_lossy();
-            if name_text.starts_with("DYN_") || name_text.starts_with("ETCD_") {
+            if ["DYN_", "ETCD_", "NATS_"].iter().any(|p| name_text.starts_with(p)) {
                 command.env_remove(&name);
             }
         }
