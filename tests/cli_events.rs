@@ -13,13 +13,32 @@ use planewire_bin::{PATIENCE, Setup, assert_one_error_line, text};
 fn subscribe_prints_a_json_line_per_event_from_another_process() {
     let setup = Setup::file("10");
     let mut subscriber = setup.spawn(&[
-        "events", "subscribe", "--endpoint", "test/cli", "--topic", "kv", "--count", "5",
+        "events",
+        "subscribe",
+        "--endpoint",
+        "test/cli",
+        "--topic",
+        "kv",
+        "--count",
+        "5",
     ]);
     // The subscriber joins whenever it has found the publisher: it sees some run of
     // consecutive events, not necessarily the first.
     let publisher = setup.output(&[
-        "events", "publish", "--endpoint", "test/cli", "--topic", "kv", "--count", "60",
-        "--interval", "0.05", "--size", "100", "--delay", "0.5",
+        "events",
+        "publish",
+        "--endpoint",
+        "test/cli",
+        "--topic",
+        "kv",
+        "--count",
+        "60",
+        "--interval",
+        "0.05",
+        "--size",
+        "100",
+        "--delay",
+        "0.5",
     ]);
     assert!(publisher.status.success(), "{}", text(&publisher.stderr));
     let stdout = text(&publisher.stdout);
@@ -36,7 +55,10 @@ fn subscribe_prints_a_json_line_per_event_from_another_process() {
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
         })
         .collect();
-    assert!(subscriber.wait().success(), "subscribe exits 0 after --count");
+    assert!(
+        subscriber.wait().success(),
+        "subscribe exits 0 after --count"
+    );
     let first = lines[0]["sequence"].as_u64().unwrap();
     for (i, line) in lines.iter().enumerate() {
         assert_eq!(line["publisher_id"], id.as_str(), "{line}");
@@ -51,19 +73,48 @@ fn subscribe_prints_a_json_line_per_event_from_another_process() {
 fn other_scopes_and_topics_are_not_received() {
     let setup = Setup::file("10");
     let mut subscriber = setup.spawn(&[
-        "events", "subscribe", "--endpoint", "test/cli/gen", "--topic", "kv", "--count", "1",
+        "events",
+        "subscribe",
+        "--endpoint",
+        "test/cli/gen",
+        "--topic",
+        "kv",
+        "--count",
+        "1",
     ]);
-    for (scope, topic) in [("test/cli", "kv"), ("test/cli/gen", "other"), ("test/cli/gen", "kv")] {
+    for (scope, topic) in [
+        ("test/cli", "kv"),
+        ("test/cli/gen", "other"),
+        ("test/cli/gen", "kv"),
+    ] {
         let run = setup.output(&[
-            "events", "publish", "--endpoint", scope, "--topic", topic, "--count", "20",
-            "--interval", "0.05", "--data", scope, "--delay", "0.5",
+            "events",
+            "publish",
+            "--endpoint",
+            scope,
+            "--topic",
+            topic,
+            "--count",
+            "20",
+            "--interval",
+            "0.05",
+            "--data",
+            scope,
+            "--delay",
+            "0.5",
         ]);
         assert!(run.status.success(), "{}", text(&run.stderr));
     }
-    let line = subscriber.line_by(Instant::now() + PATIENCE).expect("one event");
+    let line = subscriber
+        .line_by(Instant::now() + PATIENCE)
+        .expect("one event");
     let event: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(event["topic"], "kv");
-    assert_eq!(event["payload_len"], "test/cli/gen".len(), "only its own scope: {line}");
+    assert_eq!(
+        event["payload_len"],
+        "test/cli/gen".len(),
+        "only its own scope: {line}"
+    );
     assert!(subscriber.wait().success());
 }
 
@@ -83,7 +134,14 @@ fn bad_settings_fail_with_one_line() {
         ),
         (
             &[],
-            &["events", "subscribe", "--endpoint", "a/b/c/d", "--topic", "t"],
+            &[
+                "events",
+                "subscribe",
+                "--endpoint",
+                "a/b/c/d",
+                "--topic",
+                "t",
+            ],
             "expected NAMESPACE/COMPONENT or NAMESPACE/COMPONENT/ENDPOINT",
         ),
         (
@@ -105,8 +163,16 @@ fn bad_settings_fail_with_one_line() {
 fn disabled_plane_publishes_as_a_no_op() {
     let setup = Setup::file("10").env("DYN_EVENT_PLANE", "none");
     let output = setup.output(&[
-        "events", "publish", "--endpoint", "a/b", "--topic", "t", "--count", "1000",
-        "--linger", "0",
+        "events",
+        "publish",
+        "--endpoint",
+        "a/b",
+        "--topic",
+        "t",
+        "--count",
+        "1000",
+        "--linger",
+        "0",
     ]);
     assert!(output.status.success(), "{}", text(&output.stderr));
 }

@@ -68,7 +68,10 @@ impl Setup {
         let mut command = Command::new(BIN);
         for (name, _) in std::env::vars_os() {
             let name_text = name.to_string_lossy();
-            if ["DYN_", "ETCD_", "NATS_"].iter().any(|p| name_text.starts_with(p)) {
+            if ["DYN_", "ETCD_", "NATS_"]
+                .iter()
+                .any(|p| name_text.starts_with(p))
+            {
                 command.env_remove(&name);
             }
         }
