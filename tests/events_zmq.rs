@@ -86,7 +86,7 @@ async fn durable_subscriptions_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_publisher_withdraws_its_registration() {
+async fn a_dropped_publisher_withdraws_its_registration_and_closes_its_socket() {
     let discovery = memory_discovery();
     let plane = zmq_plane(&discovery).await;
     let prefix = suite::scope("gone").channels_prefix();
@@ -103,9 +103,18 @@ async fn a_dropped_publisher_withdraws_its_registration() {
         "{record}"
     );
     assert_eq!(record["publisher_id"], format!("{:016x}", publisher.id()));
+    let port = record["address"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap();
+    let socket_addr = format!("127.0.0.1:{port}");
     drop(publisher);
-    within("the registration to go", async {
-        while !discovery.store().list(&prefix).await.unwrap().is_empty() {
+    within("the registration to go and the socket to close", async {
+        while !discovery.store().list(&prefix).await.unwrap().is_empty()
+            || tokio::net::TcpStream::connect(&socket_addr).await.is_ok()
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })

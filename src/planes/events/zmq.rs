@@ -63,15 +63,14 @@ impl Zmq {
     ) -> Result<Box<dyn EventSink>, EventError> {
         // Binding the std listener ourselves gives the OS-assigned port as a SocketAddr,
         // which formats IPv6 hosts with their brackets.
-        let listener = std::net::TcpListener::bind((self.host, 0))
-            .and_then(|l| Ok((l.local_addr()?, l)))
-            .map_err(|err| {
-                transport(format!(
-                    "cannot bind a PUB socket on {}: {err}; set DYN_EVENT_PLANE_HOST to an address of this host",
-                    self.host
-                ))
-            })?;
-        let (local, listener) = listener;
+        let cannot_bind = |err: std::io::Error| {
+            transport(format!(
+                "cannot bind a PUB socket on {}: {err}; set DYN_EVENT_PLANE_HOST to an address of this host",
+                self.host
+            ))
+        };
+        let listener = std::net::TcpListener::bind((self.host, 0)).map_err(cannot_bind)?;
+        let local = listener.local_addr().map_err(cannot_bind)?;
         let mut socket = PubSocket::new();
         socket
             .bind_listener(listener)
@@ -165,12 +164,9 @@ impl EventSink for ZmqSink {
     ) -> BoxFuture<'a, Result<(), EventError>> {
         // The topic frame is copied (it is short); the payload frame is the caller's
         // `Bytes`, shared, not copied.
-        let frames = vec![
-            Bytes::copy_from_slice(subject.as_bytes()),
-            event.encode_header(),
-            event.payload.clone(),
-        ];
-        let message = ZmqMessage::try_from(frames).expect("three frames is not empty");
+        let mut message = ZmqMessage::from(Bytes::copy_from_slice(subject.as_bytes()));
+        message.push_back(event.encode_header());
+        message.push_back(event.payload.clone());
         async move {
             // Never waits for subscribers: the socket queues per peer and drops a slow
             // peer's messages when its queue is full.
