@@ -2,7 +2,7 @@
 //! multiplexed client ([`TcpClient`]). Every response returns on the connection that
 //! carried its request; see `PROTOCOL.md`.
 
-mod addr;
+pub(crate) mod addr;
 mod client;
 mod client_conn;
 mod io;

@@ -1,0 +1,533 @@
+//! `DYN_EVENT_PLANE=zmq`: brokerless PUB/SUB over ZMTP (the `zeromq` crate), with
+//! publishers found through discovery.
+//!
+//! Each publisher binds its own PUB socket on an OS-assigned port and registers it under
+//! `{channels_prefix}{publisher_id:016x}` on the process lease (see [`ChannelRecord`]).
+//! Each subscription watches the scope's prefix and keeps one SUB socket and receive
+//! task per live publisher: a key that appears starts one, a key that goes (deleted,
+//! expired with its lease, or missing from a resynchronizing snapshot) ends it.
+//!
+//! A message is three frames:
+//!
+//! ```text
+//! frame 1: topic frame   EventScope::subject(topic), UTF-8, e.g. "pw.ev.ns.comp.~.kv"
+//! frame 2: envelope      32-byte little-endian header + topic (Event::encode_header)
+//! frame 3: payload       the event's bytes, as given to publish
+//! ```
+//!
+//! SUB sockets filter by prefix on frame 1, so a receiver also checks it is exactly the
+//! subject it asked for. Messages that do not parse are logged and skipped.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use zeromq::{PubSocket, Socket, SocketOptions, SocketRecv, SocketSend, SubSocket, ZmqMessage};
+
+use super::queue::{SubscriberQueue, SubscriptionGuard};
+use super::{Event, EventError, EventPlaneKind, EventScope, EventSink, Transport};
+use crate::planes::discovery::{Discovery, KeyValue, KvEvent, KvWatch, RegistrationHandle};
+
+const PLANE: &str = "zmq";
+/// Frames per event message: topic, envelope, payload.
+const FRAMES: usize = 3;
+/// Pause after a socket error before receiving again, so a peer that keeps failing
+/// cannot spin the task (the socket reconnects on its own meanwhile).
+const RECV_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+pub(super) struct Zmq {
+    discovery: Discovery,
+    /// Where publishers bind, and the address they advertise.
+    host: IpAddr,
+}
+
+impl Zmq {
+    /// `host` unset: the outbound interface's address, or loopback when there is none.
+    pub(super) fn new(discovery: Discovery, host: Option<IpAddr>) -> Self {
+        Self {
+            discovery,
+            host: host.unwrap_or_else(crate::tcp::addr::detect_local_ip),
+        }
+    }
+
+    async fn bind_and_register(
+        &self,
+        scope: &EventScope,
+        publisher_id: u64,
+    ) -> Result<Box<dyn EventSink>, EventError> {
+        // Binding the std listener ourselves gives the OS-assigned port as a SocketAddr,
+        // which formats IPv6 hosts with their brackets.
+        let cannot_bind = |err: std::io::Error| {
+            transport(format!(
+                "cannot bind a PUB socket on {}: {err}; set DYN_EVENT_PLANE_HOST to an address of this host",
+                self.host
+            ))
+        };
+        let listener = std::net::TcpListener::bind((self.host, 0)).map_err(cannot_bind)?;
+        let local = listener.local_addr().map_err(cannot_bind)?;
+        let mut socket = PubSocket::new();
+        socket
+            .bind_listener(listener)
+            .await
+            .map_err(|err| transport(format!("cannot listen on {local}: {err}")))?;
+        let record = ChannelRecord::new(local, publisher_id);
+        let key = format!("{}{publisher_id:016x}", scope.channels_prefix());
+        let registration = self.discovery.register_key(key, record.to_json()).await?;
+        tracing::debug!(address = %record.address, %scope, "zmq event publisher registered");
+        Ok(Box::new(ZmqSink {
+            _registration: registration,
+            socket,
+        }))
+    }
+}
+
+impl Transport for Zmq {
+    fn kind(&self) -> EventPlaneKind {
+        EventPlaneKind::Zmq
+    }
+
+    fn sink<'a>(
+        &'a self,
+        scope: &'a EventScope,
+        publisher_id: u64,
+    ) -> BoxFuture<'a, Result<Box<dyn EventSink>, EventError>> {
+        self.bind_and_register(scope, publisher_id).boxed()
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        scope: &'a EventScope,
+        topic: &'a str,
+        durable: Option<&'a str>,
+        queue: Arc<SubscriberQueue>,
+    ) -> BoxFuture<'a, Result<SubscriptionGuard, EventError>> {
+        async move {
+            if durable.is_some() {
+                return Err(EventError::DurableUnsupported { plane: PLANE });
+            }
+            let prefix = scope.channels_prefix();
+            // Watching before returning makes an unreachable backend an error here.
+            let watch = self.discovery.store().watch(&prefix).await?;
+            let stop = CancellationToken::new();
+            let peers = Peers::new(prefix, scope.subject(topic), topic, queue, stop.clone());
+            tokio::spawn(follow_publishers(watch, peers, stop.clone()));
+            let guard: SubscriptionGuard = Box::new(stop.drop_guard());
+            Ok(guard)
+        }
+        .boxed()
+    }
+}
+
+/// The discovery value of one publisher: a JSON object
+/// `{"address":"tcp://10.0.0.5:41234","publisher_id":"00c0ffee00c0ffee"}`. Only
+/// `address` is read by subscribers; unknown fields are ignored, so it may grow.
+#[derive(Debug, Serialize, Deserialize)]
+struct ChannelRecord {
+    /// A ZMQ endpoint a SUB socket can connect to.
+    address: String,
+    /// The envelope's publisher id, as 16 lowercase hex digits (as in the key).
+    publisher_id: String,
+}
+
+impl ChannelRecord {
+    fn new(local: SocketAddr, publisher_id: u64) -> Self {
+        Self {
+            address: format!("tcp://{local}"),
+            publisher_id: format!("{publisher_id:016x}"),
+        }
+    }
+
+    fn to_json(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("a struct of strings serializes"))
+    }
+}
+
+/// One publisher's PUB socket and its discovery record; dropping it deregisters and
+/// closes the socket.
+struct ZmqSink {
+    /// Dropped first, so subscribers stop looking for the socket before it goes.
+    _registration: RegistrationHandle,
+    socket: PubSocket,
+}
+
+impl EventSink for ZmqSink {
+    fn send<'a>(
+        &'a mut self,
+        subject: &'a str,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), EventError>> {
+        // The topic frame is copied (it is short); the payload frame is the caller's
+        // `Bytes`, shared, not copied.
+        let mut message = ZmqMessage::from(Bytes::copy_from_slice(subject.as_bytes()));
+        message.push_back(event.encode_header());
+        message.push_back(event.payload.clone());
+        async move {
+            // Never waits for subscribers: the socket queues per peer and drops a slow
+            // peer's messages when its queue is full.
+            self.socket
+                .send(message)
+                .await
+                .map_err(|err| transport(format!("send failed: {err}")))
+        }
+        .boxed()
+    }
+}
+
+/// Until `stop`: applies each discovery change to `peers`.
+async fn follow_publishers(mut watch: KvWatch, mut peers: Peers, stop: CancellationToken) {
+    loop {
+        let change = tokio::select! {
+            _ = stop.cancelled() => return,
+            change = watch.next() => change,
+        };
+        match change {
+            Some(change) => peers.apply(change),
+            None => {
+                // Only a dropped store ends a watch: publishers can no longer be
+                // followed, so end the subscription rather than go silently stale.
+                tracing::warn!(prefix = %peers.prefix, "discovery watch ended: closing the zmq event subscription");
+                peers.queue.close();
+                return;
+            }
+        }
+    }
+}
+
+/// The publishers one subscription is connected to, by discovery key.
+struct Peers {
+    prefix: String,
+    subject: Arc<str>,
+    topic: Arc<str>,
+    queue: Arc<SubscriberQueue>,
+    /// Parent of every receive task's token.
+    stop: CancellationToken,
+    live: HashMap<String, Peer>,
+}
+
+/// A receive task for one publisher; dropping it cancels the task, which drops the
+/// SUB socket and so disconnects.
+struct Peer {
+    address: String,
+    task: CancellationToken,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.task.cancel();
+    }
+}
+
+impl Peers {
+    fn new(
+        prefix: String,
+        subject: String,
+        topic: &str,
+        queue: Arc<SubscriberQueue>,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            prefix,
+            subject: subject.into(),
+            topic: topic.into(),
+            queue,
+            stop,
+            live: HashMap::new(),
+        }
+    }
+
+    fn apply(&mut self, change: KvEvent) {
+        match change {
+            KvEvent::Snapshot(all) => {
+                // A snapshot replaces what we knew: keys missing from it are gone.
+                self.live
+                    .retain(|key, _| all.iter().any(|kv| kv.key == *key));
+                for kv in all {
+                    self.upsert(kv);
+                }
+            }
+            KvEvent::Put(kv) => self.upsert(kv),
+            KvEvent::Delete(key) => {
+                if let Some(peer) = self.live.remove(&key) {
+                    tracing::debug!(address = %peer.address, "zmq event publisher left");
+                }
+            }
+        }
+    }
+
+    fn upsert(&mut self, kv: KeyValue) {
+        let record = match serde_json::from_slice::<ChannelRecord>(&kv.value) {
+            Ok(record) => record,
+            Err(err) => {
+                tracing::warn!(key = %kv.key, %err, "skipping a zmq publisher record that is not {{\"address\": ...}} JSON");
+                self.live.remove(&kv.key);
+                return;
+            }
+        };
+        if self
+            .live
+            .get(&kv.key)
+            .is_some_and(|peer| peer.address == record.address)
+        {
+            return;
+        }
+        tracing::debug!(address = %record.address, "zmq event publisher joined");
+        let token = self.stop.child_token();
+        let receiver = Receiver {
+            address: record.address.clone(),
+            subject: Arc::clone(&self.subject),
+            topic: Arc::clone(&self.topic),
+            queue: Arc::clone(&self.queue),
+            malformed: 0,
+        };
+        let cancelled = token.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancelled.cancelled() => {}
+                _ = receiver.run() => {}
+            }
+        });
+        self.live.insert(
+            kv.key,
+            Peer {
+                address: record.address,
+                task: token,
+            },
+        );
+    }
+}
+
+/// Receives one publisher's events into the subscription's queue.
+struct Receiver {
+    address: String,
+    subject: Arc<str>,
+    topic: Arc<str>,
+    queue: Arc<SubscriberQueue>,
+    /// Messages skipped so far, for the log.
+    malformed: u64,
+}
+
+impl Receiver {
+    async fn run(mut self) {
+        let mut options = SocketOptions::default();
+        // Keep trying until the publisher is reachable or its key goes away (which
+        // cancels this task).
+        options.no_connect_timeout();
+        let mut socket = SubSocket::with_options(options);
+        // Subscribed before connecting: the filter goes out in the handshake, and again
+        // on every reconnect.
+        if let Err(err) = socket.subscribe(&self.subject).await {
+            tracing::warn!(address = %self.address, %err, "cannot subscribe a SUB socket");
+            return;
+        }
+        if let Err(err) = socket.connect(&self.address).await {
+            tracing::warn!(address = %self.address, %err, "cannot connect to a zmq event publisher");
+            return;
+        }
+        loop {
+            match socket.recv().await {
+                Ok(message) => self.handle(message),
+                Err(err) => {
+                    tracing::debug!(address = %self.address, %err, "zmq receive failed; the socket reconnects");
+                    tokio::time::sleep(RECV_ERROR_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, message: ZmqMessage) {
+        match parse(message, &self.subject, &self.topic) {
+            Ok(Some(event)) => self.queue.deliver(event),
+            Ok(None) => {}
+            Err(reason) => {
+                self.malformed += 1;
+                // A broken peer may send nothing else: powers of two keep the log
+                // readable while still showing the count grow.
+                if self.malformed.is_power_of_two() {
+                    tracing::warn!(
+                        address = %self.address,
+                        malformed_total = self.malformed,
+                        "skipping a malformed zmq event message: {reason}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The event in `message`, `None` for another topic that shares the subscribed prefix,
+/// or why the message is not an event.
+fn parse(message: ZmqMessage, subject: &str, topic: &str) -> Result<Option<Event>, String> {
+    let frames = message.len();
+    let [topic_frame, header, payload]: [Bytes; FRAMES] = message
+        .into_vec()
+        .try_into()
+        .map_err(|_| format!("{frames} frame(s), expected {FRAMES} (topic, envelope, payload)"))?;
+    if topic_frame != subject.as_bytes() {
+        return Ok(None);
+    }
+    let event = Event::decode_parts(header, payload).map_err(|err| err.to_string())?;
+    if event.topic.as_str() != topic {
+        return Err(format!(
+            "the envelope's topic {:?} does not match the topic frame {subject:?}",
+            event.topic.as_str()
+        ));
+    }
+    Ok(Some(event))
+}
+
+fn transport(reason: String) -> EventError {
+    EventError::Transport {
+        plane: PLANE,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+    use crate::codec::Utf8Bytes;
+
+    const SUBJECT: &str = "pw.ev.ns.c.~.kv";
+
+    fn event() -> Event {
+        Event {
+            publisher_id: 7,
+            sequence: 3,
+            published_at: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+            topic: Utf8Bytes::from("kv"),
+            payload: Bytes::from_static(b"data"),
+        }
+    }
+
+    fn message(frames: Vec<Bytes>) -> ZmqMessage {
+        ZmqMessage::try_from(frames).unwrap()
+    }
+
+    fn good(subject: &str) -> ZmqMessage {
+        let e = event();
+        message(vec![
+            Bytes::copy_from_slice(subject.as_bytes()),
+            e.encode_header(),
+            e.payload,
+        ])
+    }
+
+    #[test]
+    fn parses_three_frames_without_copying_the_payload() {
+        let msg = good(SUBJECT);
+        let payload_ptr = msg.get(2).unwrap().as_ptr();
+        let got = parse(msg, SUBJECT, "kv").unwrap().unwrap();
+        assert_eq!(got, event());
+        assert_eq!(got.payload.as_ptr(), payload_ptr);
+    }
+
+    #[test]
+    fn a_longer_topic_sharing_the_prefix_is_not_ours() {
+        assert_eq!(parse(good("pw.ev.ns.c.~.kv2"), SUBJECT, "kv"), Ok(None));
+    }
+
+    #[test]
+    fn malformed_messages_say_why() {
+        let one = message(vec![Bytes::from_static(SUBJECT.as_bytes())]);
+        assert!(
+            parse(one, SUBJECT, "kv")
+                .unwrap_err()
+                .contains("1 frame(s)")
+        );
+        let bad_magic = message(vec![
+            Bytes::from_static(SUBJECT.as_bytes()),
+            Bytes::from(vec![0u8; 34]),
+            Bytes::new(),
+        ]);
+        assert!(
+            parse(bad_magic, SUBJECT, "kv")
+                .unwrap_err()
+                .contains("magic")
+        );
+        let other_topic = Event {
+            topic: Utf8Bytes::from("kx"),
+            ..event()
+        };
+        let mismatched = message(vec![
+            Bytes::from_static(SUBJECT.as_bytes()),
+            other_topic.encode_header(),
+            Bytes::new(),
+        ]);
+        assert!(
+            parse(mismatched, SUBJECT, "kv")
+                .unwrap_err()
+                .contains("does not match")
+        );
+    }
+
+    #[test]
+    fn the_record_is_small_json_with_the_address() {
+        let record = ChannelRecord::new("127.0.0.1:5555".parse().unwrap(), 0xabc);
+        assert_eq!(
+            record.to_json(),
+            r#"{"address":"tcp://127.0.0.1:5555","publisher_id":"0000000000000abc"}"#
+        );
+        let v6 = ChannelRecord::new("[::1]:5555".parse().unwrap(), 1);
+        assert_eq!(v6.address, "tcp://[::1]:5555");
+    }
+
+    fn kv(key: &str, port: u16) -> KeyValue {
+        // Port 1 on loopback refuses connections: the receive tasks retry quietly and
+        // send nothing anywhere else.
+        let record = ChannelRecord::new(SocketAddr::from(([127, 0, 0, 1], port)), 1);
+        KeyValue {
+            key: key.to_owned(),
+            value: record.to_json(),
+        }
+    }
+
+    fn live(peers: &Peers) -> Vec<(String, String)> {
+        let mut out: Vec<_> = peers
+            .live
+            .iter()
+            .map(|(k, p)| (k.clone(), p.address.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn peers_follow_puts_deletes_and_resynchronizing_snapshots() {
+        let stop = CancellationToken::new();
+        let queue = SubscriberQueue::new(4, "t".into());
+        let mut peers = Peers::new("p/".into(), SUBJECT.into(), "kv", queue, stop.clone());
+        peers.apply(KvEvent::Snapshot(vec![kv("p/a", 1), kv("p/b", 1)]));
+        peers.apply(KvEvent::Put(kv("p/c", 1)));
+        peers.apply(KvEvent::Delete("p/a".into()));
+        let b_task = peers.live["p/b"].task.clone();
+        // A resync that lost b, kept c, moved c's address and brought back a.
+        peers.apply(KvEvent::Snapshot(vec![kv("p/a", 1), kv("p/c", 2)]));
+        assert_eq!(
+            live(&peers),
+            [
+                ("p/a".into(), "tcp://127.0.0.1:1".into()),
+                ("p/c".into(), "tcp://127.0.0.1:2".into())
+            ]
+        );
+        assert!(b_task.is_cancelled(), "a dropped peer's task is cancelled");
+        peers.apply(KvEvent::Put(KeyValue {
+            key: "p/a".into(),
+            value: Bytes::from_static(b"not json"),
+        }));
+        assert_eq!(live(&peers).len(), 1, "an unreadable record drops its peer");
+        let c_task = peers.live["p/c"].task.clone();
+        stop.cancel();
+        assert!(
+            c_task.is_cancelled(),
+            "ending the subscription ends every task"
+        );
+    }
+}
