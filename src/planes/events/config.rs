@@ -214,12 +214,10 @@ mod tests {
 
     #[test]
     fn a_transport_not_built_names_its_feature() {
-        for plane in ["zmq", "nats"] {
-            let built = if plane == "zmq" {
-                cfg!(feature = "zmq")
-            } else {
-                cfg!(feature = "nats")
-            };
+        for (plane, built) in [
+            ("zmq", cfg!(feature = "zmq")),
+            ("nats", cfg!(feature = "nats")),
+        ] {
             match from(&[("DYN_EVENT_PLANE", plane)]) {
                 Ok(cfg) => assert!(built && cfg.kind.as_str() == plane),
                 Err(err) => {
