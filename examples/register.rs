@@ -51,7 +51,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register(&path, Transport::tcp(server.address()))
         .await?;
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{}", serde_json::to_string(registration.record())?)?;
+    let record = registration
+        .record()
+        .ok_or("Discovery::register returned a handle without an instance record")?;
+    writeln!(stdout, "{}", serde_json::to_string(record)?)?;
     stdout.flush()?;
     drop(stdout);
 
