@@ -51,7 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register(&path, Transport::tcp(server.address()))
         .await?;
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{}", serde_json::to_string(&registration.record())?)?;
+    writeln!(stdout, "{}", serde_json::to_string(registration.record())?)?;
     stdout.flush()?;
     drop(stdout);
 

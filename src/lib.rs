@@ -16,6 +16,8 @@
 pub mod bench;
 pub mod codec;
 pub mod config;
+#[cfg(feature = "nats")]
+mod nats;
 pub mod planes;
 pub mod pool;
 mod sync;

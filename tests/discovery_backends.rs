@@ -181,12 +181,12 @@ async fn memory_partition_expires_records_and_healing_re_registers_them() {
     let mut watch = frontend.watch("part", "c", "e").await.unwrap();
     assert_eq!(
         next_event(&mut watch).await,
-        InstanceEvent::Added(first.record().unwrap().clone())
+        InstanceEvent::Added(first.record().clone())
     );
     tokio::time::sleep(TTL * 20).await;
     assert_eq!(
         frontend.list("part", "c", "e").await.unwrap(),
-        [first.record().unwrap().clone()],
+        [first.record().clone()],
         "kept alive"
     );
 
@@ -194,7 +194,7 @@ async fn memory_partition_expires_records_and_healing_re_registers_them() {
     let cut_at = tokio::time::Instant::now();
     assert_eq!(
         next_event(&mut watch).await,
-        InstanceEvent::Removed(first.record().unwrap().clone())
+        InstanceEvent::Removed(first.record().clone())
     );
     assert!(cut_at.elapsed() <= TTL, "expired within the TTL");
     let second = worker
@@ -209,8 +209,8 @@ async fn memory_partition_expires_records_and_healing_re_registers_them() {
     assert_eq!(
         back,
         [
-            InstanceEvent::Added(first.record().unwrap().clone()),
-            InstanceEvent::Added(second.record().unwrap().clone())
+            InstanceEvent::Added(first.record().clone()),
+            InstanceEvent::Added(second.record().clone())
         ]
     );
 }

@@ -41,15 +41,15 @@ pub async fn register_list_watch(connect: impl AsyncFn() -> Discovery) {
     let mut watch = frontend.watch(&ns, "backend", "generate").await.unwrap();
     assert_eq!(
         watch.current().await,
-        [first.record().unwrap().clone()],
+        [first.record().clone()],
         "snapshot"
     );
     assert_eq!(
         next_event(&mut watch).await,
-        InstanceEvent::Added(first.record().unwrap().clone())
+        InstanceEvent::Added(first.record().clone())
     );
     let list = || frontend.list(&ns, "backend", "generate");
-    assert_eq!(list().await.unwrap(), [first.record().unwrap().clone()]);
+    assert_eq!(list().await.unwrap(), [first.record().clone()]);
 
     let other_endpoint = EndpointPath::new(&ns, "backend", "other", 1).unwrap();
     let other = worker_b
@@ -59,14 +59,14 @@ pub async fn register_list_watch(connect: impl AsyncFn() -> Discovery) {
     let second = worker_b.register(&path(0x2f), tcp(10002)).await.unwrap();
     assert_eq!(
         next_event(&mut watch).await,
-        InstanceEvent::Added(second.record().unwrap().clone()),
+        InstanceEvent::Added(second.record().clone()),
         "the other endpoint's registration is not in this watch"
     );
     assert_eq!(
         list().await.unwrap(),
         [
-            first.record().unwrap().clone(),
-            second.record().unwrap().clone()
+            first.record().clone(),
+            second.record().clone()
         ]
     );
     assert!(matches!(
@@ -74,13 +74,13 @@ pub async fn register_list_watch(connect: impl AsyncFn() -> Discovery) {
         Err(DiscoveryError::AlreadyRegistered { .. })
     ));
 
-    let second_record = second.record().unwrap().clone();
+    let second_record = second.record().clone();
     second.deregister().await.unwrap();
     assert_eq!(
         next_event(&mut watch).await,
         InstanceEvent::Removed(second_record)
     );
-    let first_record = first.record().unwrap().clone();
+    let first_record = first.record().clone();
     drop(first);
     assert_eq!(
         next_event(&mut watch).await,
@@ -90,12 +90,12 @@ pub async fn register_list_watch(connect: impl AsyncFn() -> Discovery) {
     let third = worker_b.register(&path(3), tcp(10004)).await.unwrap();
     assert_eq!(
         next_event(&mut watch).await,
-        InstanceEvent::Added(third.record().unwrap().clone())
+        InstanceEvent::Added(third.record().clone())
     );
     worker_b.shutdown().await;
     assert_eq!(
         next_event(&mut watch).await,
-        InstanceEvent::Removed(third.record().unwrap().clone())
+        InstanceEvent::Removed(third.record().clone())
     );
     assert_eq!(list().await.unwrap(), []);
     assert!(
@@ -137,15 +137,15 @@ pub async fn corrupt_records_are_skipped(connect: impl AsyncFn() -> Discovery) {
         .unwrap();
     assert_eq!(
         next_event(&mut watch).await,
-        InstanceEvent::Added(good.record().unwrap().clone()),
+        InstanceEvent::Added(good.record().clone()),
         "the corrupt records produced no event and did not end the watch"
     );
     assert_eq!(
         frontend.list(&ns, "c", "e").await.unwrap(),
-        [good.record().unwrap().clone()]
+        [good.record().clone()]
     );
     let mut fresh = frontend.watch(&ns, "c", "e").await.unwrap();
-    assert_eq!(fresh.current().await, [good.record().unwrap().clone()]);
+    assert_eq!(fresh.current().await, [good.record().clone()]);
     store.delete(&bad_json).await.unwrap();
     store.delete(&misplaced).await.unwrap();
 }
@@ -158,7 +158,7 @@ pub async fn lost_lease_is_re_registered(connect: impl AsyncFn() -> Discovery) {
     let (frontend, worker) = (connect().await, connect().await);
     let path = EndpointPath::new(&ns, "c", "e", 9).unwrap();
     let handle = worker.register(&path, tcp(10009)).await.unwrap();
-    let record = handle.record().unwrap().clone();
+    let record = handle.record().clone();
     let mut watch = frontend.watch(&ns, "c", "e").await.unwrap();
     assert_eq!(
         next_event(&mut watch).await,

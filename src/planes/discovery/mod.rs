@@ -61,7 +61,7 @@ pub use instances::{InstanceEvent, InstanceWatch};
 pub use kv::{KeyValue, KvEvent, KvStore, KvWatch, LeaseId};
 pub use memory::MemoryStore;
 pub use record::{InstanceRecord, SERVICES_PREFIX, Transport, endpoint_prefix, instance_key};
-pub use registry::{Discovery, RegistrationHandle};
+pub use registry::{Discovery, KeyRegistration, RegistrationHandle};
 
 /// Changes a memory-backend watch may fall behind by before it is resynchronized with
 /// a fresh snapshot instead of queueing more.

@@ -95,7 +95,8 @@ impl Discovery {
         let record = InstanceRecord::new(path, transport);
         let key = record.key()?;
         let value = record.to_json();
-        self.register_value(key, value, Some(record)).await
+        let key = self.register_key(key, value).await?;
+        Ok(RegistrationHandle { key, record })
     }
 
     /// Publishes `value` under `key` on this process's lease, with the same lifetime
@@ -105,16 +106,7 @@ impl Discovery {
         &self,
         key: String,
         value: Bytes,
-    ) -> Result<RegistrationHandle, DiscoveryError> {
-        self.register_value(key, value, None).await
-    }
-
-    async fn register_value(
-        &self,
-        key: String,
-        value: Bytes,
-        record: Option<InstanceRecord>,
-    ) -> Result<RegistrationHandle, DiscoveryError> {
+    ) -> Result<KeyRegistration, DiscoveryError> {
         let shared = &self.shared;
         let mut state = shared.state.lock().await;
         if state.closed {
@@ -152,10 +144,9 @@ impl Discovery {
                 return Err(err);
             }
         }
-        Ok(RegistrationHandle {
+        Ok(KeyRegistration {
             shared: Arc::clone(shared),
             key,
-            record,
             active: true,
         })
     }
@@ -303,25 +294,42 @@ async fn keep_alive_loop(shared: Weak<Shared>, cancel: CancellationToken, interv
 
 /// One registered endpoint instance. Dropping it deregisters (in a background task);
 /// [`deregister`](Self::deregister) does the same and reports the outcome.
+#[derive(Debug)]
 pub struct RegistrationHandle {
-    shared: Arc<Shared>,
-    key: String,
-    /// `None` for a [`Discovery::register_key`] registration.
-    record: Option<InstanceRecord>,
-    active: bool,
+    key: KeyRegistration,
+    record: InstanceRecord,
 }
 
 impl RegistrationHandle {
-    /// The instance record, for a registration made by [`Discovery::register`].
-    pub fn record(&self) -> Option<&InstanceRecord> {
-        self.record.as_ref()
+    pub fn record(&self) -> &InstanceRecord {
+        &self.record
     }
 
+    pub fn key(&self) -> &str {
+        self.key.key()
+    }
+
+    /// Removes the record now. If the backend is unreachable the error is returned and
+    /// the deletion is retried in the background.
+    pub async fn deregister(self) -> Result<(), DiscoveryError> {
+        self.key.deregister().await
+    }
+}
+
+/// One key written by [`Discovery::register_key`], with the lifetime rules of
+/// [`RegistrationHandle`]: dropping it deletes the key in the background.
+pub struct KeyRegistration {
+    shared: Arc<Shared>,
+    key: String,
+    active: bool,
+}
+
+impl KeyRegistration {
     pub fn key(&self) -> &str {
         &self.key
     }
 
-    /// Removes the record now. If the backend is unreachable the error is returned and
+    /// Deletes the key now. If the backend is unreachable the error is returned and
     /// the deletion is retried in the background.
     pub async fn deregister(mut self) -> Result<(), DiscoveryError> {
         self.active = false;
@@ -329,7 +337,7 @@ impl RegistrationHandle {
     }
 }
 
-impl Drop for RegistrationHandle {
+impl Drop for KeyRegistration {
     fn drop(&mut self) {
         if !self.active {
             return;
@@ -353,11 +361,10 @@ impl Drop for RegistrationHandle {
     }
 }
 
-impl std::fmt::Debug for RegistrationHandle {
+impl std::fmt::Debug for KeyRegistration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistrationHandle")
+        f.debug_struct("KeyRegistration")
             .field("key", &self.key)
-            .field("record", &self.record)
             .finish()
     }
 }

@@ -17,7 +17,7 @@ pub enum EventError {
     Malformed { reason: String },
     #[error(
         "event of {size} bytes exceeds the {plane} limit of {limit} bytes{hint}",
-        hint = if *plane == "NATS" { " (the server's max_payload; raise it in the nats-server config)" } else { "" }
+        hint = if *plane == "NATS" { " (the server's max_payload, which counts the envelope header and topic too; raise it in the nats-server config)" } else { "" }
     )]
     PayloadTooLarge {
         size: usize,
@@ -32,8 +32,12 @@ pub enum EventError {
     },
     #[error("{plane} event plane: {reason}")]
     Transport { plane: &'static str, reason: String },
-    #[error("durable subscriptions need the nats event plane with JetStream; this is {plane}")]
+    #[error(
+        "durable subscriptions need JetStream: set DYN_EVENT_PLANE=nats and DYN_EVENT_PLANE_DURABLE=true (this plane is {plane})"
+    )]
     DurableUnsupported { plane: &'static str },
+    #[error("invalid durable subscription name {name:?}: {reason}")]
+    InvalidDurableName { name: String, reason: &'static str },
     #[error("the event publisher was closed")]
     Closed,
     #[error(transparent)]

@@ -32,7 +32,7 @@ use zeromq::{PubSocket, Socket, SocketOptions, SocketRecv, SocketSend, SubSocket
 
 use super::queue::{SubscriberQueue, SubscriptionGuard};
 use super::{Event, EventError, EventPlaneKind, EventScope, EventSink, Transport};
-use crate::planes::discovery::{Discovery, KeyValue, KvEvent, KvWatch, RegistrationHandle};
+use crate::planes::discovery::{Discovery, KeyRegistration, KeyValue, KvEvent, KvWatch};
 
 const PLANE: &str = "zmq";
 /// Frames per event message: topic, envelope, payload.
@@ -152,7 +152,7 @@ impl ChannelRecord {
 /// closes the socket.
 struct ZmqSink {
     /// Dropped first, so subscribers stop looking for the socket before it goes.
-    _registration: RegistrationHandle,
+    _registration: KeyRegistration,
     socket: PubSocket,
 }
 
