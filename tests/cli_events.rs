@@ -118,10 +118,13 @@ fn other_scopes_and_topics_are_not_received() {
     assert!(subscriber.wait().success());
 }
 
+/// Extra environment of one case.
+type Vars<'a> = &'a [(&'static str, &'a str)];
+
 #[test]
 fn bad_settings_fail_with_one_line() {
     let setup = Setup::file("10");
-    let cases: [(&[(&'static str, &str)], &[&str], &str); 4] = [
+    let cases: [(Vars, &[&str], &str); 4] = [
         (
             &[("DYN_EVENT_PLANE", "kafka")],
             &["events", "publish", "--endpoint", "a/b", "--topic", "t"],

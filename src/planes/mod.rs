@@ -5,8 +5,8 @@
 //! event plane [`events`].
 
 pub mod discovery;
-pub mod events;
 mod error;
+pub mod events;
 mod request;
 
 pub use error::{HandlerError, RegisterError, RequestError};

@@ -39,11 +39,7 @@ pub async fn register_list_watch(connect: impl AsyncFn() -> Discovery) {
 
     let first = worker_a.register(&path(1), tcp(10001)).await.unwrap();
     let mut watch = frontend.watch(&ns, "backend", "generate").await.unwrap();
-    assert_eq!(
-        watch.current().await,
-        [first.record().clone()],
-        "snapshot"
-    );
+    assert_eq!(watch.current().await, [first.record().clone()], "snapshot");
     assert_eq!(
         next_event(&mut watch).await,
         InstanceEvent::Added(first.record().clone())
@@ -64,10 +60,7 @@ pub async fn register_list_watch(connect: impl AsyncFn() -> Discovery) {
     );
     assert_eq!(
         list().await.unwrap(),
-        [
-            first.record().clone(),
-            second.record().clone()
-        ]
+        [first.record().clone(), second.record().clone()]
     );
     assert!(matches!(
         worker_b.register(&path(0x2f), tcp(10002)).await,

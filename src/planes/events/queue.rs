@@ -119,6 +119,10 @@ impl SubscriberQueue {
     }
 
     /// Ends the subscription's stream once it has drained what is queued.
+    #[cfg_attr(
+        not(any(feature = "zmq", feature = "nats")),
+        allow(dead_code, reason = "only the network transports end subscriptions")
+    )]
     pub(crate) fn close(&self) {
         lock(&self.state).closed = true;
         self.waker.wake();
