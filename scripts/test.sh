@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
-FUZZ_TARGETS=(decode_arbitrary decode_split)
+FUZZ_TARGETS=(decode_arbitrary decode_split decode_event)
 # command the tests run -> Debian package that provides it
 declare -A SYSTEM_PACKAGES=(
     [nats-server]=nats-server
