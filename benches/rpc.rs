@@ -29,11 +29,11 @@ fn unary_round_trip(c: &mut Criterion) {
         }))
         .expect("bind 127.0.0.1");
     let echo = EndpointPath::new("bench", "echo", "unary", 1).expect("valid path");
-    server
-        .register(
+    runtime
+        .block_on(server.register(
             &echo,
             unary_handler(|req: Request| async move { Ok(req.payload) }),
-        )
+        ))
         .expect("register");
     let client = TcpClient::new(tcp).expect("valid config");
     let address = server.local_addr().to_string();

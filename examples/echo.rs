@@ -25,19 +25,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     let echo = EndpointPath::new("example", "echo", "generate", 1)?;
-    server.register(
-        &echo,
-        unary_handler(|req: Request| async move { Ok(req.payload) }),
-    )?;
+    server
+        .register(
+            &echo,
+            unary_handler(|req: Request| async move { Ok(req.payload) }),
+        )
+        .await?;
     let words = EndpointPath::new("example", "echo", "words", 1)?;
-    server.register(&words, |req: Request, _cancel: CancellationToken| {
-        let text = String::from_utf8_lossy(&req.payload).into_owned();
-        let items: Vec<Result<Bytes, HandlerError>> = text
-            .split_whitespace()
-            .map(|w| Ok(Bytes::from(w.to_owned())))
-            .collect();
-        futures::stream::iter(items)
-    })?;
+    server
+        .register(&words, |req: Request, _cancel: CancellationToken| {
+            let text = String::from_utf8_lossy(&req.payload).into_owned();
+            let items: Vec<Result<Bytes, HandlerError>> = text
+                .split_whitespace()
+                .map(|w| Ok(Bytes::from(w.to_owned())))
+                .collect();
+            futures::stream::iter(items)
+        })
+        .await?;
     let address = server.local_addr().to_string();
     println!("listening on {address}");
 

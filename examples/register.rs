@@ -37,14 +37,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..ServerConfig::default()
     })
     .await?;
-    server.register(
-        &path,
-        unary_handler(move |req: Request| async move {
-            let mut reply = format!("{instance_id:x}:").into_bytes();
-            reply.extend_from_slice(&req.payload);
-            Ok(Bytes::from(reply))
-        }),
-    )?;
+    server
+        .register(
+            &path,
+            unary_handler(move |req: Request| async move {
+                let mut reply = format!("{instance_id:x}:").into_bytes();
+                reply.extend_from_slice(&req.payload);
+                Ok(Bytes::from(reply))
+            }),
+        )
+        .await?;
 
     let discovery = Discovery::connect(&DiscoveryConfig::from_env()?).await?;
     let registration = discovery

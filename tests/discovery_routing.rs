@@ -51,6 +51,7 @@ impl Instance {
                     }
                 }),
             )
+            .await
             .unwrap();
         let registration = discovery
             .register(&path, Transport::tcp(server.address()))

@@ -36,6 +36,7 @@ async fn unary_round_trip_carries_payload_and_headers() {
                 )))
             }),
         )
+        .await
         .unwrap();
     let client = client();
     let addr = server.local_addr().to_string();
@@ -65,6 +66,7 @@ async fn streaming_returns_sixteen_items_in_order() {
                 )
             },
         )
+        .await
         .unwrap();
     let client = client();
     let stream = client
@@ -92,6 +94,7 @@ async fn handler_error_ends_the_stream_with_its_message() {
                 ])
             },
         )
+        .await
         .unwrap();
     let client = client();
     let mut stream = client
@@ -172,6 +175,7 @@ async fn dropping_the_stream_cancels_the_handler() {
                 })
             },
         )
+        .await
         .unwrap();
     let client = client();
     let mut stream = client
@@ -200,6 +204,7 @@ async fn request_timeout_is_reported_and_cancels_the_handler() {
                 futures::stream::pending::<Result<Bytes, HandlerError>>()
             },
         )
+        .await
         .unwrap();
     let timeout = Duration::from_millis(200);
     let client = TcpClient::new(TcpConfig {
@@ -296,6 +301,7 @@ async fn oversize_response_is_an_error_not_a_dead_connection() {
             &path("big"),
             unary_handler(|_req: Request| async { Ok(Bytes::from(vec![1u8; 8192])) }),
         )
+        .await
         .unwrap();
     let client = client();
     let addr = server.local_addr().to_string();
@@ -336,6 +342,7 @@ async fn overloaded_endpoint_sheds_at_once_while_others_keep_serving() {
                     })
                 },
             )
+            .await
             .unwrap();
     }
     let client = TcpClient::new(TcpConfig {
@@ -408,6 +415,7 @@ async fn pool_never_exceeds_its_size_under_a_burst_of_first_calls() {
                     }
                 }),
             )
+            .await
             .unwrap();
     }
     let pool_size = 6;
@@ -591,6 +599,7 @@ async fn a_path_without_instance_reaches_the_only_instance() {
             &second,
             unary_handler(|req: Request| async move { Ok(req.payload) }),
         )
+        .await
         .unwrap();
     let err = client
         .unary(&addr, Request::new(bare, "two"))

@@ -141,6 +141,7 @@ async fn reusing_an_open_stream_id_is_refused() {
                 futures::stream::pending::<Result<Bytes, HandlerError>>()
             },
         )
+        .await
         .unwrap();
     let mut raw = RawConn::connect(&server).await;
     raw.send(&request_frame(7, &path("hang"), b"")).await;
@@ -198,6 +199,7 @@ fn start_killable(port: u16) -> Killable {
                         })
                     },
                 )
+                .await
                 .unwrap();
             server
         });
@@ -280,6 +282,7 @@ async fn graceful_shutdown_drains_in_flight_and_refuses_new_requests() {
                     })
                 },
             )
+            .await
             .unwrap();
     }
     let client = client();
@@ -334,6 +337,7 @@ async fn drain_timeout_cancels_what_is_left() {
                     futures::stream::pending::<Result<Bytes, HandlerError>>()
                 },
             )
+            .await
             .unwrap();
     }
     let client = client();

@@ -71,7 +71,7 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
     let timing = cells::timing(options.quick);
     let mut plane = Planewire::start().await?;
     let raw = RawServer::start().await?;
-    let cells = cells::plan(plane.max_unary_payload());
+    let cells = cells::plan(plane.max_unary_payload().await);
     let progress = progress_bar(&cells);
     let mut runs = Vec::new();
     for cell in &cells {
@@ -137,7 +137,9 @@ async fn run_cell(
     let payload = Bytes::from(vec![b'x'; cell.payload]);
 
     progress.set_message(name("planewire", "closed"));
-    let callers = plane.callers(&payload, cell.responses, cell.concurrency);
+    let callers = plane
+        .callers(&payload, cell.responses, cell.concurrency)
+        .await;
     let planewire = driver::closed_loop(callers, timing).await?;
     let peak_rss = rss_reset.map(|reset| reset.then(rss::peak).flatten());
     let rate = open_load * planewire.rps();
@@ -156,7 +158,9 @@ async fn run_cell(
     }
 
     progress.set_message(name("planewire", "open"));
-    let callers = plane.callers(&payload, cell.responses, cell.concurrency);
+    let callers = plane
+        .callers(&payload, cell.responses, cell.concurrency)
+        .await;
     let planewire = driver::open_loop(callers, rate, timing).await?;
     progress.inc(1);
     progress.set_message(name("raw TCP", "open"));

@@ -48,7 +48,7 @@ impl Planewire {
     }
 
     /// The path of the endpoint that answers with `responses` copies of each payload.
-    fn path(&mut self, responses: usize) -> Utf8Bytes {
+    async fn path(&mut self, responses: usize) -> Utf8Bytes {
         if let Some(path) = self.paths.get(&responses) {
             return path.clone();
         }
@@ -59,6 +59,7 @@ impl Planewire {
         let path = EndpointPath::new("bench", "echo", name, 1).expect("constant, valid path");
         self.server
             .register(&path, echo_handler(responses))
+            .await
             .expect("each response count is registered once");
         let path = Utf8Bytes::from(&path);
         self.paths.insert(responses, path.clone());
@@ -67,17 +68,17 @@ impl Planewire {
 
     /// The largest unary payload whose request frame fits `DYN_TCP_MAX_MESSAGE_SIZE`: the
     /// frame also carries the fixed header and the endpoint path.
-    pub fn max_unary_payload(&mut self) -> usize {
-        self.client.config().max_message_size - HEADER_LEN - self.path(1).len()
+    pub async fn max_unary_payload(&mut self) -> usize {
+        self.client.config().max_message_size - HEADER_LEN - self.path(1).await.len()
     }
 
-    pub fn callers(
+    pub async fn callers(
         &mut self,
         payload: &Bytes,
         responses: usize,
         concurrency: usize,
     ) -> Vec<PlaneCaller> {
-        let path = self.path(responses);
+        let path = self.path(responses).await;
         (0..concurrency)
             .map(|_| PlaneCaller {
                 client: Arc::clone(&self.client),

@@ -43,9 +43,11 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     .await?;
     match &args.tag {
         Some(tag) => {
-            server.register(&path, tagged_echo(args.responses, Bytes::from(tag.clone())))?
+            server
+                .register(&path, tagged_echo(args.responses, Bytes::from(tag.clone())))
+                .await?
         }
-        None => server.register(&path, echo_handler(args.responses))?,
+        None => server.register(&path, echo_handler(args.responses)).await?,
     }
     let local = server.local_addr();
     // Bound to every interface: advertise and print the address clients should dial.

@@ -190,8 +190,13 @@ pub trait RequestPlaneClient: Send + Sync {
 
 /// The server half of a request plane: one per process, hosting many endpoints.
 pub trait RequestPlaneServer: Send + Sync {
-    /// Starts routing requests for `path` to `handler`.
-    fn register(&self, path: &EndpointPath, handler: impl Handler) -> Result<(), RegisterError>;
+    /// Starts routing requests for `path` to `handler`; once this returns, requests for
+    /// `path` reach it (so the path can be published in discovery).
+    fn register(
+        &self,
+        path: &EndpointPath,
+        handler: impl Handler,
+    ) -> impl Future<Output = Result<(), RegisterError>> + Send;
 
     /// Stops routing `path`; requests already running finish. Returns whether it was registered.
     fn unregister(&self, path: &EndpointPath) -> bool;

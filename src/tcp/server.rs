@@ -151,7 +151,11 @@ impl TcpServer {
 }
 
 impl RequestPlaneServer for TcpServer {
-    fn register(&self, path: &EndpointPath, handler: impl Handler) -> Result<(), RegisterError> {
+    async fn register(
+        &self,
+        path: &EndpointPath,
+        handler: impl Handler,
+    ) -> Result<(), RegisterError> {
         let mut endpoints = self
             .shared
             .endpoints

@@ -35,6 +35,7 @@ pub async fn server_with(config: ServerConfig) -> TcpServer {
             &path("echo"),
             unary_handler(|req: Request| async move { Ok(req.payload) }),
         )
+        .await
         .unwrap();
     server
 }
