@@ -50,7 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let discovery = Discovery::connect(&DiscoveryConfig::from_env()?).await?;
     let registration = discovery
-        .register(&path, Transport::tcp(server.address()))
+        .register(&path, Transport::tcp(server.address(&path)))
         .await?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", serde_json::to_string(registration.record())?)?;

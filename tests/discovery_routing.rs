@@ -54,7 +54,7 @@ impl Instance {
             .await
             .unwrap();
         let registration = discovery
-            .register(&path, Transport::tcp(server.address()))
+            .register(&path, Transport::tcp(server.address(&path)))
             .await
             .unwrap();
         Self {
@@ -69,7 +69,7 @@ impl Instance {
     }
 
     fn address(&self) -> String {
-        self.server.as_ref().unwrap().address()
+        self.server.as_ref().unwrap().local_addr().to_string()
     }
 }
 

@@ -52,7 +52,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let local = server.local_addr();
     // Bound to every interface: advertise and print the address clients should dial.
     let dial = if local.ip().is_unspecified() {
-        server.address()
+        server.address(&path)
     } else {
         local.to_string()
     };

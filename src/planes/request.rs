@@ -201,8 +201,10 @@ pub trait RequestPlaneServer: Send + Sync {
     /// Stops routing `path`; requests already running finish. Returns whether it was registered.
     fn unregister(&self, path: &EndpointPath) -> bool;
 
-    /// The address clients pass to [`RequestPlaneClient::request`].
-    fn address(&self) -> String;
+    /// The address clients pass to [`RequestPlaneClient::request`] to reach `path` on
+    /// this server: what its discovery record carries. TCP: `host:port`, the same for
+    /// every path; NATS: the endpoint instance's subject.
+    fn address(&self, path: &EndpointPath) -> String;
 
     /// Stops accepting, tells clients to go away, drains in-flight requests up to the drain
     /// timeout, then cancels the rest; returns when every task has ended.

@@ -182,7 +182,7 @@ impl RequestPlaneServer for TcpServer {
         endpoints.remove(&path.to_string()).is_some()
     }
 
-    fn address(&self) -> String {
+    fn address(&self, _path: &EndpointPath) -> String {
         self.advertised.to_string()
     }
 

@@ -24,7 +24,7 @@
 //! let discovery = Discovery::connect(&DiscoveryConfig::from_env()?).await?;
 //! // Worker: publish an endpoint the server hosts; dropping `handle` withdraws it.
 //! let path = EndpointPath::new("dynamo", "backend", "generate", 0x1f)?;
-//! let handle = discovery.register(&path, Transport::tcp(server.address())).await?;
+//! let handle = discovery.register(&path, Transport::tcp(server.address(&path))).await?;
 //! // Frontend: route to whatever instances exist.
 //! let tcp = Arc::new(TcpClient::new(TcpConfig::default())?);
 //! let client =
