@@ -6,6 +6,8 @@
 //! - [`planes`]: the transport-neutral traits (`RequestPlaneClient`, `RequestPlaneServer`) and
 //!   the discovery plane ([`planes::discovery`]).
 //! - [`config`]: settings and the `DYN_*` environment.
+//! - [`runtime`]: the planes of one process built from the environment, and the
+//!   `namespace(…).component(…).endpoint(…)` embedding API.
 //! - `bench` (feature `cli`): the latency benchmark against a raw-TCP floor.
 //!
 //! # Cancel safety
@@ -20,5 +22,6 @@ pub mod config;
 mod nats;
 pub mod planes;
 pub mod pool;
+pub mod runtime;
 mod sync;
 pub mod tcp;

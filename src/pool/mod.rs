@@ -42,6 +42,12 @@ impl Pools {
         pool
     }
 
+    /// Forgets every pool: their connections close as soon as the streams still running
+    /// on them end.
+    pub(crate) fn clear(&self) {
+        lock(&self.by_address).clear();
+    }
+
     pub(crate) fn existing(&self, address: &str) -> Option<Arc<AddressPool>> {
         lock(&self.by_address).get(address).cloned()
     }

@@ -28,6 +28,12 @@ impl TcpClient {
         &self.config
     }
 
+    /// Closes every pooled connection once the requests still running on it end. Later
+    /// calls open new connections.
+    pub fn close_connections(&self) {
+        self.pools.clear();
+    }
+
     /// Sends `request` to the server at `address` (`host:port`).
     ///
     /// A request over `DYN_TCP_MAX_MESSAGE_SIZE` is refused here, before any connection

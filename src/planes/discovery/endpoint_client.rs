@@ -312,6 +312,10 @@ fn target(record: &InstanceRecord) -> Option<Target> {
             address: address.clone(),
             path: Utf8Bytes::from(&path),
         }),
+        Transport::Nats { .. } => {
+            tracing::warn!(instance = %path, "skipping an instance on the NATS request plane: this client routes over TCP");
+            None
+        }
     }
 }
 

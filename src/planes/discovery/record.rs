@@ -7,6 +7,8 @@
 //! {"namespace":"dynamo","component":"backend","endpoint":"generate","instance_id":1234,
 //!  "transport":{"type":"tcp","address":"10.0.0.5:40123"}}
 //! ```
+//!
+//! or, on the NATS request plane, `"transport":{"type":"nats","subject":"pw.rq.dynamo.backend.generate.4d2"}`.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -25,12 +27,28 @@ pub const SERVICES_PREFIX: &str = "/services/";
 pub enum Transport {
     /// The TCP request plane, at `host:port`.
     Tcp { address: String },
+    /// The NATS request plane, on this subject (one per endpoint instance).
+    Nats { subject: String },
 }
 
 impl Transport {
     pub fn tcp(address: impl Into<String>) -> Self {
         Self::Tcp {
             address: address.into(),
+        }
+    }
+
+    pub fn nats(subject: impl Into<String>) -> Self {
+        Self::Nats {
+            subject: subject.into(),
+        }
+    }
+
+    /// The address a request-plane client of this transport is given.
+    pub fn address(&self) -> &str {
+        match self {
+            Self::Tcp { address } => address,
+            Self::Nats { subject } => subject,
         }
     }
 }
