@@ -8,6 +8,7 @@ use futures::future::BoxFuture;
 
 use super::queue::{SubscriberQueue, SubscriptionGuard};
 use super::{Event, EventError, EventPlaneKind, EventScope, EventSink, Transport};
+use crate::codec::Utf8Bytes;
 use crate::sync::lock;
 
 type Bus = Arc<Mutex<HashMap<String, Vec<Weak<SubscriberQueue>>>>>;
@@ -64,9 +65,10 @@ struct InprocSink {
 impl EventSink for InprocSink {
     fn send<'a>(
         &'a mut self,
-        subject: &'a str,
+        subject: &'a Utf8Bytes,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<(), EventError>> {
+        let subject = subject.as_str();
         let mut bus = lock(&self.bus);
         if let Some(queues) = bus.get_mut(subject) {
             queues.retain(|queue| match queue.upgrade() {

@@ -72,10 +72,10 @@ trait Transport: Send + Sync + 'static {
 
 /// Sends one publisher's events, in the order given.
 trait EventSink: Send + 'static {
-    /// `subject` is [`EventScope::subject`] of the event's topic.
+    /// `subject` is [`EventScope::subject`] of the event's topic, built once per topic.
     fn send<'a>(
         &'a mut self,
-        subject: &'a str,
+        subject: &'a Utf8Bytes,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<(), EventError>>;
 }
@@ -201,7 +201,7 @@ struct PublisherState {
 /// A topic this publisher has used: its names, built once, and its next sequence number.
 struct TopicSlot {
     topic: Utf8Bytes,
-    subject: String,
+    subject: Utf8Bytes,
     next: u64,
 }
 
@@ -221,7 +221,7 @@ impl EventPublisher {
                 scope::check_topic(topic)?;
                 topics.entry(topic.to_owned()).or_insert(TopicSlot {
                     topic: Utf8Bytes::from(topic.to_owned()),
-                    subject: inner.scope.subject(topic),
+                    subject: Utf8Bytes::from(inner.scope.subject(topic)),
                     next: 0,
                 })
             }

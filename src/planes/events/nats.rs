@@ -23,6 +23,7 @@ use super::config::EventPlaneConfig;
 use super::envelope::ENVELOPE_HEADER_LEN;
 use super::queue::{SubscriberQueue, SubscriptionGuard};
 use super::{Event, EventError, EventPlaneKind, EventScope, EventSink, Transport, escape_token};
+use crate::codec::Utf8Bytes;
 use crate::nats::ConnectError;
 
 /// How long a durable scope's stream keeps events. It bounds the server's disk use; a
@@ -163,7 +164,7 @@ struct NatsSink {
 impl EventSink for NatsSink {
     fn send<'a>(
         &'a mut self,
-        subject: &'a str,
+        subject: &'a Utf8Bytes,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<(), EventError>> {
         async move {
@@ -179,8 +180,11 @@ impl EventSink for NatsSink {
             }
             // One copy, deliberate: a NATS message has one body, so the header and the
             // payload are joined here.
+            // Shares the topic slot's bytes: no allocation for the subject.
+            let subject = async_nats::Subject::from_utf8(subject.as_bytes().clone())
+                .map_err(|err| transport(format!("subject is not UTF-8: {err}")))?;
             self.client
-                .publish(subject.to_owned(), event.encode())
+                .publish(subject.clone(), event.encode())
                 .await
                 .map_err(|err| transport(format!("publishing on {subject}: {err}")))
         }

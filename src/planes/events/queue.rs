@@ -42,8 +42,10 @@ pub(crate) struct SubscriberQueue {
 
 struct QueueState {
     events: VecDeque<Event>,
-    /// Per publisher: the sequence number expected next.
+    /// Per publisher: the sequence number expected next. The latest publisher's entry
+    /// lives in `last` instead, and is written back here when another one sends.
     next_sequence: HashMap<u64, u64>,
+    last: Option<(u64, u64)>,
     stats: SubscriptionStats,
     closed: bool,
 }
@@ -55,6 +57,7 @@ impl SubscriberQueue {
             state: Mutex::new(QueueState {
                 events: VecDeque::with_capacity(capacity.min(1024)),
                 next_sequence: HashMap::new(),
+                last: None,
                 stats: SubscriptionStats::default(),
                 closed: false,
             }),
@@ -64,17 +67,26 @@ impl SubscriberQueue {
         })
     }
 
-    /// Queues `event` without ever waiting.
+    /// Queues `event` without ever waiting, and wakes the subscriber.
     pub(crate) fn deliver(&self, event: Event) {
+        self.push(event);
+        self.notify();
+    }
+
+    /// Queues `event` without waking the subscriber: a transport that receives a burst
+    /// pushes it all, then calls [`notify`](Self::notify) once.
+    pub(crate) fn push(&self, event: Event) {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
         let stats = &mut state.stats;
         let publisher = event.publisher_id;
         let sequence = event.sequence;
-        match state
-            .next_sequence
-            .insert(publisher, sequence.wrapping_add(1))
-        {
+        let expected = match state.last {
+            // Most events come from the publisher the previous one came from.
+            Some((last, next)) if last == publisher => Some(next),
+            _ => state.next_sequence.get(&publisher).copied(),
+        };
+        match expected {
             // The first event seen from a publisher sets the baseline: joining late is
             // not a loss.
             None => {}
@@ -91,13 +103,23 @@ impl SubscriberQueue {
                     sequence - expected
                 );
             }
-            Some(expected) => {
-                // Keep the furthest point reached; an old sequence is a redelivery.
-                state.next_sequence.insert(publisher, expected);
+            Some(_) => {
+                // An old sequence is a redelivery; the furthest point reached stays.
                 stats.duplicates += 1;
                 return;
             }
         }
+        let next = sequence.wrapping_add(1);
+        if let Some((last, _)) = state.last
+            && last != publisher
+        {
+            // Only a change of publisher writes the map: a single busy publisher costs
+            // no hashing.
+            state
+                .next_sequence
+                .insert(last, state.last.map_or(0, |(_, n)| n));
+        }
+        state.last = Some((publisher, next));
         stats.received += 1;
         if state.events.len() == self.capacity {
             state.events.pop_front();
@@ -114,7 +136,10 @@ impl SubscriberQueue {
             }
         }
         state.events.push_back(event);
-        drop(guard);
+    }
+
+    /// Wakes the subscriber if it is waiting.
+    pub(crate) fn notify(&self) {
         self.waker.wake();
     }
 

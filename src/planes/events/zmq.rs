@@ -32,6 +32,7 @@ use zeromq::{PubSocket, Socket, SocketOptions, SocketRecv, SocketSend, SubSocket
 
 use super::queue::{SubscriberQueue, SubscriptionGuard};
 use super::{Event, EventError, EventPlaneKind, EventScope, EventSink, Transport};
+use crate::codec::Utf8Bytes;
 use crate::planes::discovery::{Discovery, KeyRegistration, KeyValue, KvEvent, KvWatch};
 
 const PLANE: &str = "zmq";
@@ -40,6 +41,9 @@ const FRAMES: usize = 3;
 /// Pause after a socket error before receiving again, so a peer that keeps failing
 /// cannot spin the task (the socket reconnects on its own meanwhile).
 const RECV_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Messages taken without waiting after one that had to be awaited, before the
+/// subscriber is woken: bounds how long a steady stream defers the wake.
+const DRAIN_BEFORE_WAKE: usize = 64;
 
 pub(super) struct Zmq {
     discovery: Discovery,
@@ -159,14 +163,17 @@ struct ZmqSink {
 impl EventSink for ZmqSink {
     fn send<'a>(
         &'a mut self,
-        subject: &'a str,
+        subject: &'a Utf8Bytes,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<(), EventError>> {
-        // The topic frame is copied (it is short); the payload frame is the caller's
-        // `Bytes`, shared, not copied.
-        let mut message = ZmqMessage::from(Bytes::copy_from_slice(subject.as_bytes()));
-        message.push_back(event.encode_header());
-        message.push_back(event.payload.clone());
+        // The topic frame is shared with the publisher's topic slot and the payload frame
+        // is the caller's `Bytes`: only the envelope header is new.
+        let frames = vec![
+            subject.as_bytes().clone(),
+            event.encode_header(),
+            event.payload.clone(),
+        ];
+        let message = ZmqMessage::try_from(frames).expect("three frames is not empty");
         async move {
             // Never waits for subscribers: the socket queues per peer and drops a slow
             // peer's messages when its queue is full.
@@ -335,14 +342,25 @@ impl Receiver {
                 Err(err) => {
                     tracing::debug!(address = %self.address, %err, "zmq receive failed; the socket reconnects");
                     tokio::time::sleep(RECV_ERROR_PAUSE).await;
+                    continue;
                 }
             }
+            // Take what has already arrived before waking the subscriber: one wake per
+            // burst instead of one per event. `recv` only polls a stream, so dropping it
+            // unfinished loses nothing.
+            for _ in 0..DRAIN_BEFORE_WAKE {
+                match socket.recv().now_or_never() {
+                    Some(Ok(message)) => self.handle(message),
+                    Some(Err(_)) | None => break,
+                }
+            }
+            self.queue.notify();
         }
     }
 
     fn handle(&mut self, message: ZmqMessage) {
         match parse(message, &self.subject, &self.topic) {
-            Ok(Some(event)) => self.queue.deliver(event),
+            Ok(Some(event)) => self.queue.push(event),
             Ok(None) => {}
             Err(reason) => {
                 self.malformed += 1;
