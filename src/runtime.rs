@@ -68,11 +68,18 @@ pub struct RuntimeConfig {
 impl RuntimeConfig {
     /// Reads every plane's variables; the first malformed one is the error.
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|var| std::env::var_os(var))
+    }
+
+    /// Like [`from_env`](Self::from_env), reading variables through `lookup`.
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Self, ConfigError> {
         Ok(Self {
-            request: RequestPlaneConfig::from_env()?,
+            request: RequestPlaneConfig::from_lookup(&lookup)?,
             server: ServerConfig::default(),
-            discovery: DiscoveryConfig::from_env()?,
-            events: EventPlaneConfig::from_env()?,
+            discovery: DiscoveryConfig::from_lookup(&lookup)?,
+            events: EventPlaneConfig::from_lookup(&lookup)?,
         })
     }
 }
@@ -137,6 +144,11 @@ impl Runtime {
 
     pub fn builder() -> RuntimeBuilder {
         RuntimeBuilder::default()
+    }
+
+    /// The planes `config` describes.
+    pub async fn with_config(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        Self::start(config).await
     }
 
     async fn start(config: RuntimeConfig) -> Result<Self, RuntimeError> {
