@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::client::PublishErrorKind;
 use async_nats::service::{self, Service, ServiceExt};
-use async_nats::{Client, HeaderMap as NatsHeaders, Subscriber};
+use async_nats::{Client, HeaderMap as NatsHeaders, RequestErrorKind, Subscriber};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
@@ -176,9 +176,7 @@ impl NatsRequestServer {
             .subscribe(cancel_subject(&subject))
             .await
             .map_err(|_| "cannot subscribe its NATS cancel subject")?;
-        shared
-            .client
-            .flush()
+        confirm_processed(&shared.client)
             .await
             .map_err(|_| "the NATS server did not confirm the subscription")?;
         let endpoint = EndpointTask {
@@ -189,6 +187,17 @@ impl NatsRequestServer {
         };
         shared.tracker.spawn(endpoint.run(requests, cancels, stop));
         Ok(())
+    }
+}
+
+/// Returns once nats-server has processed everything this connection sent before
+/// (subscriptions included). `Client::flush` only empties the socket buffer; a request to
+/// a subject nobody serves is answered by the server itself (503) after it has read all
+/// that came earlier on the connection.
+async fn confirm_processed(client: &Client) -> Result<(), async_nats::RequestError> {
+    match client.request(client.new_inbox(), Bytes::new()).await {
+        Err(err) if err.kind() != RequestErrorKind::NoResponders => Err(err),
+        _ => Ok(()),
     }
 }
 
