@@ -490,3 +490,172 @@ async fn dropping_a_stream_midway_cancels_the_handler_over_nats() {
     .await;
     server.shutdown().await;
 }
+
+/// A stand-in server on `subject` answering every request with `replies`
+/// (`(Pw-Seq header or None, payload)`), to feed the client what a real server never sends.
+async fn fake_server(
+    nats: &NatsServer,
+    subject: String,
+    replies: Vec<(Option<&'static str>, &'static str)>,
+) -> tokio::task::JoinHandle<()> {
+    let raw = nats_client(nats).await;
+    let mut requests = raw.subscribe(subject).await.unwrap();
+    // A request answered (503) after the SUB proves the server has processed it.
+    let _ = raw.request(raw.new_inbox(), Bytes::new()).await;
+    tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            let reply = request.reply.unwrap();
+            for (seq, payload) in &replies {
+                let mut headers = async_nats::HeaderMap::new();
+                if let Some(seq) = seq {
+                    headers.insert("Pw-Seq", *seq);
+                }
+                raw.publish_with_headers(
+                    reply.clone(),
+                    headers,
+                    Bytes::from_static(payload.as_bytes()),
+                )
+                .await
+                .unwrap();
+            }
+            raw.flush().await.unwrap();
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_response_is_an_error_on_the_stream_not_a_hang() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let (_server, client) = nats_pair(&nats).await;
+    let gap = subject(&path("gap"));
+    let fake = fake_server(
+        &nats,
+        gap.clone(),
+        vec![(Some("0"), "first"), (Some("2"), "third")],
+    )
+    .await;
+    let mut responses = client
+        .request(&gap, Request::new(&path("gap"), Bytes::new()))
+        .await
+        .unwrap();
+    let first = within("the first response", responses.next())
+        .await
+        .unwrap();
+    assert_eq!(first.unwrap(), Bytes::from_static(b"first"));
+    let err = within("the gap error", responses.next())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("#1"), "{err}");
+    assert!(!err.is_timeout());
+    assert!(within("the end", responses.next()).await.is_none());
+    fake.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_without_a_sequence_number_is_an_error() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let (_server, client) = nats_pair(&nats).await;
+    let bare = subject(&path("bare"));
+    let fake = fake_server(&nats, bare.clone(), vec![(None, "who am I")]).await;
+    let err = within(
+        "the missing-sequence error",
+        client.unary(&bare, Request::new(&path("bare"), Bytes::new())),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("Pw-Seq"), "{err}");
+    fake.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_and_the_deadline_reach_the_handler() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let (server, client) = nats_pair(&nats).await;
+    let inspect = path("inspect");
+    let handler = unary_handler(|req: Request| async move {
+        let remaining = req
+            .deadline
+            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+        Ok(Bytes::from(format!(
+            "{} {} {}",
+            req.path,
+            req.headers.get("traceparent").unwrap_or("-"),
+            remaining.is_some_and(|r| r > Duration::from_secs(5) && r <= Duration::from_secs(10)),
+        )))
+    });
+    server.register(&inspect, handler).await.unwrap();
+    let request = Request::new(&inspect, Bytes::new()).with_header("traceparent", "00-abc-01");
+    let reply = within("the call", client.unary(&server.address(&inspect), request))
+        .await
+        .unwrap();
+    assert_eq!(reply, Bytes::from(format!("{inspect} 00-abc-01 true")));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_an_internal_error_and_unregister_stops_routing() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let (server, client) = nats_pair(&nats).await;
+    let boom = path("boom");
+    let handler = unary_handler(|req: Request| async move {
+        if req.payload.is_empty() {
+            panic!("handler bug");
+        }
+        Ok(req.payload)
+    });
+    server.register(&boom, handler).await.unwrap();
+    let address = server.address(&boom);
+    let err = within(
+        "the panic error",
+        client.unary(&address, Request::new(&boom, Bytes::new())),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Internal), "got {err}");
+    let ok = Request::new(&boom, Bytes::from_static(b"fine"));
+    assert_eq!(
+        client.unary(&address, ok).await.unwrap(),
+        Bytes::from_static(b"fine")
+    );
+
+    assert!(server.unregister(&boom));
+    assert!(!server.unregister(&boom));
+    // A request racing the unsubscribe may be lost (see `unregister`): poll with a short
+    // timeout until the subject has no responders.
+    let short = NatsRequestClient::new(
+        nats_client(&nats).await,
+        NatsClientConfig {
+            request_timeout: suite::SHORT_TIMEOUT,
+        },
+    )
+    .await
+    .unwrap();
+    within("the endpoint to unsubscribe", async {
+        loop {
+            let request = Request::new(&boom, Bytes::from_static(b"x"));
+            match short.unary(&address, request).await {
+                Err(err) if err.code() == Some(ErrorCode::UnknownEndpoint) => break,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await;
+    // Registering the path again works.
+    let echo = unary_handler(|req: Request| async move { Ok(req.payload) });
+    server.register(&boom, echo).await.unwrap();
+    let again = Request::new(&boom, Bytes::from_static(b"again"));
+    assert_eq!(
+        client.unary(&address, again).await.unwrap(),
+        Bytes::from_static(b"again")
+    );
+    server.shutdown().await;
+}

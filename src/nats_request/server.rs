@@ -113,6 +113,10 @@ impl RequestPlaneServer for NatsRequestServer {
         }
     }
 
+    /// Unsubscribes the path's subject in the background. Requests already buffered get
+    /// an `UnknownEndpoint` error; one that nats-server routes here in the instant before
+    /// it processes the unsubscribe is lost and times out on its client, so take the path
+    /// out of discovery before unregistering it.
     fn unregister(&self, path: &EndpointPath) -> bool {
         match self.shared.endpoints.lock().unwrap().remove(path) {
             Some(stop) => {
@@ -230,6 +234,15 @@ impl EndpointTask {
         }
         if let Err(err) = requests.stop().await {
             tracing::debug!("unsubscribing {}: {err}", self.path);
+        }
+        // Requests that arrived before the unsubscribe: a clear error, not silence.
+        let (code, message) = if self.shared.shutdown.is_cancelled() {
+            (ErrorCode::ShuttingDown, "the server is shutting down")
+        } else {
+            (ErrorCode::UnknownEndpoint, "the endpoint was unregistered")
+        };
+        while let Some(request) = requests.next().await {
+            respond_error(&request, code, format!("{}: {message}", self.path), 0).await;
         }
         let all = u32::try_from(self.shared.config.max_concurrent_requests).unwrap_or(u32::MAX);
         let idle = self.slots.acquire_many(all);
