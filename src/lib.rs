@@ -2,6 +2,7 @@
 //!
 //! - [`codec`]: the wire format, bytes ⇄ frames, no I/O (specified in `PROTOCOL.md`).
 //! - [`tcp`]: the default request plane, a multiplexed framed TCP server and client.
+//! - `nats_request` (feature `nats`): the NATS request plane, same traits as [`tcp`].
 //! - [`pool`]: client connections per remote address.
 //! - [`planes`]: the transport-neutral traits (`RequestPlaneClient`, `RequestPlaneServer`) and
 //!   the discovery plane ([`planes::discovery`]).
@@ -20,6 +21,8 @@ pub mod codec;
 pub mod config;
 #[cfg(feature = "nats")]
 mod nats;
+#[cfg(feature = "nats")]
+pub mod nats_request;
 pub mod planes;
 pub mod pool;
 pub mod runtime;

@@ -21,6 +21,11 @@ pub enum RequestError {
          nothing was sent (raise the limit on both sides or split the payload)"
     )]
     MessageTooLarge { size: u64, max: usize },
+    #[error(
+        "request of {size} bytes exceeds the NATS server's max_payload={max} bytes; nothing \
+         was sent (use DYN_REQUEST_PLANE=tcp, or raise max_payload in nats-server)"
+    )]
+    PayloadTooLarge { size: u64, max: usize },
     #[error("request cannot be encoded: {0}")]
     Encode(String),
     #[error("server error ({code:?}): {message}")]
@@ -44,6 +49,20 @@ impl RequestError {
                 | Self::ConnectTimeout { .. }
                 | Self::Remote {
                     code: ErrorCode::DeadlineExceeded,
+                    ..
+                }
+        )
+    }
+
+    /// Whether a message was over a transport's size limit: a request refused before
+    /// sending, or a response the server could not send.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            Self::MessageTooLarge { .. }
+                | Self::PayloadTooLarge { .. }
+                | Self::Remote {
+                    code: ErrorCode::FrameTooLarge,
                     ..
                 }
         )

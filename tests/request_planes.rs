@@ -1,0 +1,661 @@
+//! The request-plane suite against TCP and NATS, and the NATS plane's own behaviour
+//! (service tooling, max_payload, drain, garbage on the wire) against a real nats-server.
+
+mod common;
+#[path = "common/nats.rs"]
+mod nats;
+#[path = "common/request_suite.rs"]
+mod suite;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, stream};
+use planewire::codec::ErrorCode;
+use planewire::config::TcpConfig;
+use planewire::nats_request::{
+    NatsClientConfig, NatsRequestClient, NatsRequestServer, NatsServerConfig, subject,
+};
+use planewire::planes::{
+    EndpointPath, HandlerError, Request, RequestError, RequestPlaneClient, RequestPlaneServer,
+    unary_handler,
+};
+use planewire::tcp::{ServerConfig, TcpClient, TcpServer};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use common::{path, tcp_config, within};
+use nats::{NatsOptions, NatsServer};
+
+/// Limit the over-limit tests use on both transports.
+const SMALL_LIMIT: usize = 64 * 1024;
+
+async fn tcp_pair(client_config: TcpConfig) -> (TcpServer, TcpClient) {
+    let server = TcpServer::bind(ServerConfig {
+        tcp: tcp_config(),
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    (server, TcpClient::new(client_config).unwrap())
+}
+
+async fn tcp_default() -> (TcpServer, TcpClient) {
+    tcp_pair(tcp_config()).await
+}
+
+async fn nats_client(nats: &NatsServer) -> async_nats::Client {
+    async_nats::connect(nats.url())
+        .await
+        .expect("connect to nats-server")
+}
+
+async fn nats_pair_with(
+    nats: &NatsServer,
+    server_config: NatsServerConfig,
+    client_config: NatsClientConfig,
+) -> (NatsRequestServer, NatsRequestClient) {
+    // Server and client on separate connections, as in two processes.
+    let server = NatsRequestServer::new(nats_client(nats).await, server_config)
+        .await
+        .unwrap();
+    let client = NatsRequestClient::new(nats_client(nats).await, client_config)
+        .await
+        .unwrap();
+    (server, client)
+}
+
+async fn nats_pair(nats: &NatsServer) -> (NatsRequestServer, NatsRequestClient) {
+    nats_pair_with(
+        nats,
+        NatsServerConfig::default(),
+        NatsClientConfig::default(),
+    )
+    .await
+}
+
+/// Runs a suite body against TCP and against NATS (skipped without nats-server).
+macro_rules! on_both_planes {
+    ($name:ident, |$server:ident, $client:ident, $address:ident| $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tcp() {
+                let ($server, $client) = tcp_default().await;
+                let $address = |p: &EndpointPath| $server.address(p);
+                $body.await;
+                $server.shutdown().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn nats() {
+                let Some(nats) = NatsServer::start() else {
+                    return;
+                };
+                let ($server, $client) = nats_pair(&nats).await;
+                let $address = |p: &EndpointPath| $server.address(p);
+                $body.await;
+                $server.shutdown().await;
+            }
+        }
+    };
+}
+
+on_both_planes!(unary_echo, |server, client, address| suite::unary_echo(
+    &server, &client, address
+));
+on_both_planes!(streaming_in_order, |server, client, address| {
+    suite::streaming_in_order(&server, &client, address)
+});
+on_both_planes!(thousand_concurrent_calls, |server, client, address| {
+    suite::concurrent_calls(&server, &client, address, 1000)
+});
+on_both_planes!(cancellation_reaches_handler, |server, client, address| {
+    suite::cancellation_reaches_handler(&server, &client, address)
+});
+on_both_planes!(unknown_endpoint, |server, client, address| {
+    suite::unknown_endpoint(&server, &client, address)
+});
+on_both_planes!(handler_error, |server, client, address| {
+    suite::handler_error(&server, &client, address)
+});
+
+mod timeout {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp() {
+        let (server, client) = tcp_pair(TcpConfig {
+            request_timeout: suite::SHORT_TIMEOUT,
+            ..tcp_config()
+        })
+        .await;
+        suite::timeout(&server, &client, |p| server.address(p)).await;
+        server.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nats() {
+        let Some(nats) = NatsServer::start() else {
+            return;
+        };
+        let client_config = NatsClientConfig {
+            request_timeout: suite::SHORT_TIMEOUT,
+        };
+        let (server, client) =
+            nats_pair_with(&nats, NatsServerConfig::default(), client_config).await;
+        suite::timeout(&server, &client, |p| server.address(p)).await;
+        server.shutdown().await;
+    }
+}
+
+mod over_limit {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp() {
+        let (server, client) = tcp_pair(TcpConfig {
+            max_message_size: SMALL_LIMIT,
+            ..tcp_config()
+        })
+        .await;
+        suite::over_limit(&server, &client, |p| server.address(p), 2 * SMALL_LIMIT).await;
+        server.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nats() {
+        let Some(nats) = NatsServer::start_with(NatsOptions {
+            max_payload: Some(SMALL_LIMIT),
+            ..NatsOptions::default()
+        }) else {
+            return;
+        };
+        let (server, client) = nats_pair(&nats).await;
+        suite::over_limit(&server, &client, |p| server.address(p), 2 * SMALL_LIMIT).await;
+        server.shutdown().await;
+    }
+}
+
+#[test]
+fn subjects_escape_names_and_end_in_the_hex_instance_id() {
+    let path = EndpointPath::new("dyn ns", "vllm.worker", "generate", 0xBEEF).unwrap();
+    assert_eq!(subject(&path), "pw.rq.dyn~20ns.vllm~2Eworker.generate.beef");
+}
+
+async fn plain_request(client: &async_nats::Client, subject: &str) -> serde_json::Value {
+    let reply = within(
+        "a $SRV reply",
+        client.request(subject.to_owned(), Bytes::new()),
+    )
+    .await
+    .unwrap();
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_service_tooling_sees_the_endpoint_and_counts_requests_and_errors() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let (server, client) = nats_pair(&nats).await;
+    let echo = path("echo");
+    server
+        .register(
+            &echo,
+            unary_handler(|req: Request| async move { Ok(req.payload) }),
+        )
+        .await
+        .unwrap();
+    let fails = path("fails");
+    server
+        .register(
+            &fails,
+            unary_handler(|_req: Request| async move { Err::<Bytes, _>(HandlerError::from("no")) }),
+        )
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let request = Request::new(&echo, Bytes::from(format!("{i}")));
+        // Streams of several responses still count once.
+        client.unary(&server.address(&echo), request).await.unwrap();
+    }
+    client
+        .unary(&server.address(&fails), Request::new(&fails, Bytes::new()))
+        .await
+        .unwrap_err();
+
+    let tool = nats_client(&nats).await;
+    let ping = plain_request(&tool, "$SRV.PING").await;
+    assert_eq!(ping["name"], "planewire", "{ping}");
+    let info = plain_request(&tool, "$SRV.INFO.planewire").await;
+    let subjects: Vec<&str> = info["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    assert!(subjects.contains(&subject(&echo).as_str()), "{info}");
+
+    let stats = plain_request(&tool, "$SRV.STATS.planewire").await;
+    let endpoint = |s: &str| {
+        stats["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["subject"] == s)
+            .cloned()
+            .unwrap_or_else(|| panic!("{s} not in {stats}"))
+    };
+    assert_eq!(endpoint(&subject(&echo))["num_requests"], 5, "{stats}");
+    assert_eq!(endpoint(&subject(&echo))["num_errors"], 0, "{stats}");
+    assert_eq!(endpoint(&subject(&fails))["num_errors"], 1, "{stats}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2_mib_request_against_a_default_nats_server_is_refused_naming_the_fix() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let client_config = NatsClientConfig {
+        // Long enough that a timeout could not pass for the size error.
+        request_timeout: Duration::from_secs(30),
+    };
+    let (server, client) = nats_pair_with(&nats, NatsServerConfig::default(), client_config).await;
+    let echo = path("echo");
+    server
+        .register(
+            &echo,
+            unary_handler(|req: Request| async move { Ok(req.payload) }),
+        )
+        .await
+        .unwrap();
+    let request = Request::new(&echo, Bytes::from(vec![0u8; 2 * 1024 * 1024]));
+    let err = client
+        .unary(&server.address(&echo), request)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RequestError::PayloadTooLarge { max: 1048576, .. }),
+        "got {err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("max_payload=1048576"), "{text}");
+    assert!(text.contains("DYN_REQUEST_PLANE=tcp"), "{text}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_over_max_payload_is_an_error_marker_not_a_timeout() {
+    let Some(nats) = NatsServer::start_with(NatsOptions {
+        max_payload: Some(SMALL_LIMIT),
+        ..NatsOptions::default()
+    }) else {
+        return;
+    };
+    let client_config = NatsClientConfig {
+        request_timeout: Duration::from_secs(30),
+    };
+    let (server, client) = nats_pair_with(&nats, NatsServerConfig::default(), client_config).await;
+    let big = path("big");
+    server
+        .register(
+            &big,
+            unary_handler(
+                |_req: Request| async move { Ok(Bytes::from(vec![1u8; 2 * SMALL_LIMIT])) },
+            ),
+        )
+        .await
+        .unwrap();
+    let err = within(
+        "the size error",
+        client.unary(&server.address(&big), Request::new(&big, Bytes::new())),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::FrameTooLarge), "got {err}");
+    assert!(err.to_string().contains("DYN_REQUEST_PLANE=tcp"), "{err}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_shutdown_drains_an_in_flight_request() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let (server, client) = nats_pair(&nats).await;
+    let slow = path("slow");
+    let (started_tx, mut started) = mpsc::channel::<()>(1);
+    let handler = unary_handler(move |_req: Request| {
+        let started_tx = started_tx.clone();
+        async move {
+            let _ = started_tx.send(()).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(Bytes::from_static(b"finished"))
+        }
+    });
+    server.register(&slow, handler).await.unwrap();
+    let address = server.address(&slow);
+    let call = tokio::spawn({
+        let client = client.clone();
+        let address = address.clone();
+        async move {
+            client
+                .unary(&address, Request::new(&path("slow"), Bytes::new()))
+                .await
+        }
+    });
+    within("the handler to start", started.recv())
+        .await
+        .unwrap();
+    within("shutdown", server.shutdown()).await;
+    assert_eq!(
+        call.await.unwrap().unwrap(),
+        Bytes::from_static(b"finished")
+    );
+    // Shut down: nothing serves the subject any more.
+    let err = within(
+        "a call after shutdown",
+        client.unary(&address, Request::new(&slow, Bytes::new())),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownEndpoint), "got {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_overloaded_endpoint_answers_at_once() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let server_config = NatsServerConfig {
+        max_concurrent_requests: 1,
+        ..NatsServerConfig::default()
+    };
+    let (server, client) = nats_pair_with(&nats, server_config, NatsClientConfig::default()).await;
+    let busy = path("busy");
+    let (started_tx, mut started) = mpsc::channel::<()>(1);
+    let handler = move |_req: Request, _cancel: CancellationToken| {
+        let started_tx = started_tx.clone();
+        stream::once(async move {
+            let _ = started_tx.send(()).await;
+            std::future::pending::<Result<Bytes, HandlerError>>().await
+        })
+    };
+    server.register(&busy, handler).await.unwrap();
+    let address = server.address(&busy);
+    let first = client
+        .request(&address, Request::new(&busy, Bytes::new()))
+        .await
+        .unwrap();
+    within("the handler to start", started.recv())
+        .await
+        .unwrap();
+    let err = within(
+        "the overload error",
+        client.unary(&address, Request::new(&busy, Bytes::new())),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Overloaded), "got {err}");
+    assert!(err.is_retryable());
+    drop(first);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_an_endpoint_subject_does_not_hurt_the_server() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let (server, client) = nats_pair(&nats).await;
+    let echo = path("echo");
+    server
+        .register(
+            &echo,
+            unary_handler(|req: Request| async move { Ok(req.payload) }),
+        )
+        .await
+        .unwrap();
+    let address = server.address(&echo);
+    // No reply subject, binary junk, on the endpoint and its cancel subject.
+    nats.publish_raw(&address, &[0xff, 0x00, 0x13, 0x37]);
+    nats.publish_raw(&format!("{address}.cancel"), &[0xff, 0xfe]);
+    nats.publish_raw(&format!("{address}.cancel"), b"_INBOX.nobody.7");
+    // A reply subject nobody listens on and a nonsense deadline header.
+    let raw = nats_client(&nats).await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Pw-Timeout-Ms", "tomorrow");
+    raw.publish_with_reply_and_headers(address.clone(), "_INBOX.nobody.1", headers, "x".into())
+        .await
+        .unwrap();
+    // Replies to requests the client never made.
+    let inbox_garbage = raw.new_inbox();
+    raw.publish(format!("{inbox_garbage}.99"), "stray".into())
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+
+    let reply = within(
+        "a good request after the garbage",
+        client.unary(
+            &address,
+            Request::new(&echo, Bytes::from_static(b"still here")),
+        ),
+    )
+    .await;
+    assert_eq!(reply.unwrap(), Bytes::from_static(b"still here"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_stream_midway_cancels_the_handler_over_nats() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let (server, client) = nats_pair(&nats).await;
+    let ticks = path("ticks");
+    let (cancelled_tx, mut cancelled) = mpsc::channel::<()>(1);
+    let handler = move |_req: Request, cancel: CancellationToken| {
+        let cancelled_tx = cancelled_tx.clone();
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            let _ = cancelled_tx.send(()).await;
+        });
+        stream::unfold(0u64, |i| async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Some((Ok(Bytes::from(i.to_string())), i + 1))
+        })
+    };
+    server.register(&ticks, handler).await.unwrap();
+    let mut responses = client
+        .request(&server.address(&ticks), Request::new(&ticks, Bytes::new()))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let item = within("a tick", responses.next()).await.unwrap().unwrap();
+        assert_eq!(item, Bytes::from(i.to_string()));
+    }
+    drop(responses);
+    within("the handler's token to fire", cancelled.recv())
+        .await
+        .unwrap();
+    within("the in-flight map to empty", async {
+        while client.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    server.shutdown().await;
+}
+
+/// A stand-in server on `subject` answering every request with `replies`
+/// (`(Pw-Seq header or None, payload)`), to feed the client what a real server never sends.
+async fn fake_server(
+    nats: &NatsServer,
+    subject: String,
+    replies: Vec<(Option<&'static str>, &'static str)>,
+) -> tokio::task::JoinHandle<()> {
+    let raw = nats_client(nats).await;
+    let mut requests = raw.subscribe(subject).await.unwrap();
+    // A request answered (503) after the SUB proves the server has processed it.
+    let _ = raw.request(raw.new_inbox(), Bytes::new()).await;
+    tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            let reply = request.reply.unwrap();
+            for (seq, payload) in &replies {
+                let mut headers = async_nats::HeaderMap::new();
+                if let Some(seq) = seq {
+                    headers.insert("Pw-Seq", *seq);
+                }
+                raw.publish_with_headers(
+                    reply.clone(),
+                    headers,
+                    Bytes::from_static(payload.as_bytes()),
+                )
+                .await
+                .unwrap();
+            }
+            raw.flush().await.unwrap();
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_response_is_an_error_on_the_stream_not_a_hang() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let (_server, client) = nats_pair(&nats).await;
+    let gap = subject(&path("gap"));
+    let fake = fake_server(
+        &nats,
+        gap.clone(),
+        vec![(Some("0"), "first"), (Some("2"), "third")],
+    )
+    .await;
+    let mut responses = client
+        .request(&gap, Request::new(&path("gap"), Bytes::new()))
+        .await
+        .unwrap();
+    let first = within("the first response", responses.next())
+        .await
+        .unwrap();
+    assert_eq!(first.unwrap(), Bytes::from_static(b"first"));
+    let err = within("the gap error", responses.next())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("#1"), "{err}");
+    assert!(!err.is_timeout());
+    assert!(within("the end", responses.next()).await.is_none());
+    fake.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_without_a_sequence_number_is_an_error() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let (_server, client) = nats_pair(&nats).await;
+    let bare = subject(&path("bare"));
+    let fake = fake_server(&nats, bare.clone(), vec![(None, "who am I")]).await;
+    let err = within(
+        "the missing-sequence error",
+        client.unary(&bare, Request::new(&path("bare"), Bytes::new())),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("Pw-Seq"), "{err}");
+    fake.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_and_the_deadline_reach_the_handler() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let (server, client) = nats_pair(&nats).await;
+    let inspect = path("inspect");
+    let handler = unary_handler(|req: Request| async move {
+        let remaining = req
+            .deadline
+            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+        Ok(Bytes::from(format!(
+            "{} {} {}",
+            req.path,
+            req.headers.get("traceparent").unwrap_or("-"),
+            remaining.is_some_and(|r| r > Duration::from_secs(5) && r <= Duration::from_secs(10)),
+        )))
+    });
+    server.register(&inspect, handler).await.unwrap();
+    let request = Request::new(&inspect, Bytes::new()).with_header("traceparent", "00-abc-01");
+    let reply = within("the call", client.unary(&server.address(&inspect), request))
+        .await
+        .unwrap();
+    assert_eq!(reply, Bytes::from(format!("{inspect} 00-abc-01 true")));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_an_internal_error_and_unregister_stops_routing() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let (server, client) = nats_pair(&nats).await;
+    let boom = path("boom");
+    let handler = unary_handler(|req: Request| async move {
+        if req.payload.is_empty() {
+            panic!("handler bug");
+        }
+        Ok(req.payload)
+    });
+    server.register(&boom, handler).await.unwrap();
+    let address = server.address(&boom);
+    let err = within(
+        "the panic error",
+        client.unary(&address, Request::new(&boom, Bytes::new())),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Internal), "got {err}");
+    let ok = Request::new(&boom, Bytes::from_static(b"fine"));
+    assert_eq!(
+        client.unary(&address, ok).await.unwrap(),
+        Bytes::from_static(b"fine")
+    );
+
+    assert!(server.unregister(&boom));
+    assert!(!server.unregister(&boom));
+    // A request racing the unsubscribe may be lost (see `unregister`): poll with a short
+    // timeout until the subject has no responders.
+    let short = NatsRequestClient::new(
+        nats_client(&nats).await,
+        NatsClientConfig {
+            request_timeout: suite::SHORT_TIMEOUT,
+        },
+    )
+    .await
+    .unwrap();
+    within("the endpoint to unsubscribe", async {
+        loop {
+            let request = Request::new(&boom, Bytes::from_static(b"x"));
+            match short.unary(&address, request).await {
+                Err(err) if err.code() == Some(ErrorCode::UnknownEndpoint) => break,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await;
+    // Registering the path again works.
+    let echo = unary_handler(|req: Request| async move { Ok(req.payload) });
+    server.register(&boom, echo).await.unwrap();
+    let again = Request::new(&boom, Bytes::from_static(b"again"));
+    assert_eq!(
+        client.unary(&address, again).await.unwrap(),
+        Bytes::from_static(b"again")
+    );
+    server.shutdown().await;
+}
