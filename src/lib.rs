@@ -13,7 +13,9 @@
 //!
 //! # Cancel safety
 //! Dropping a [`tcp::ResponseStream`] before its end sends a cancel frame; the server's
-//! handler sees its `CancellationToken` fire and its response stream is dropped.
+//! handler sees its `CancellationToken` fire and its response stream is dropped. On the
+//! NATS request plane, dropping a `NatsResponses` publishes a cancel to the endpoint's
+//! `{subject}.cancel` subject, with the same effect on the server.
 
 #[cfg(feature = "cli")]
 pub mod bench;
