@@ -17,7 +17,9 @@ use planewire::runtime::Runtime;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let requests: usize = match std::env::args().nth(1) {
-        Some(n) => n.parse().map_err(|_| format!("usage: frontend [REQUESTS], not {n:?}"))?,
+        Some(n) => n
+            .parse()
+            .map_err(|_| format!("usage: frontend [REQUESTS], not {n:?}"))?,
         None => 4,
     };
     let runtime = Runtime::from_env().await?;

@@ -30,7 +30,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }))
         .await?;
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "serving {:x} at {}", served.instance_id(), served.address())?;
+    writeln!(
+        stdout,
+        "serving {:x} at {}",
+        served.instance_id(),
+        served.address()
+    )?;
     stdout.flush()?;
     drop(stdout);
 

@@ -50,10 +50,20 @@ impl std::str::FromStr for RequestPlaneKind {
     fn from_str(s: &str) -> Result<Self, ConfigError> {
         match s.trim().to_ascii_lowercase().as_str() {
             "tcp" => Ok(Self::Tcp),
-            "nats" => Ok(Self::Nats),
+            "nats" if cfg!(feature = "nats") => Ok(Self::Nats),
+            "nats" => Err(nats_request_plane_not_built()),
             _ => Err(invalid(ENV_REQUEST_PLANE, s, "one of: tcp, nats")),
         }
     }
+}
+
+/// The error for `DYN_REQUEST_PLANE=nats` in a build without it.
+pub(crate) fn nats_request_plane_not_built() -> ConfigError {
+    invalid(
+        ENV_REQUEST_PLANE,
+        "nats",
+        "tcp: this build lacks the `nats` cargo feature (rebuild with --features nats)",
+    )
 }
 
 /// Settings of the TCP request plane. Defaults are those of `SPEC.md`.

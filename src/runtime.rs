@@ -25,12 +25,14 @@ use tokio::sync::OnceCell;
 use crate::config::{ConfigError, RequestPlaneConfig, RequestPlaneKind};
 use crate::planes::discovery::{
     Discovery, DiscoveryConfig, DiscoveryError, EndpointClient, EndpointClientConfig,
-    RegistrationHandle, Transport,
+    RegistrationHandle, Responses, Transport,
 };
 use crate::planes::events::{
     EventError, EventPlane, EventPlaneConfig, EventPublisher, EventScope, Subscription,
 };
-use crate::planes::{EndpointPath, Handler, RegisterError, RequestPlaneServer};
+use crate::planes::{
+    EndpointPath, Handler, RegisterError, Request, RequestError, RequestPlaneServer,
+};
 use crate::sync::lock;
 use crate::tcp::{ServerConfig, TcpClient, TcpServer};
 
@@ -48,6 +50,12 @@ pub enum RuntimeError {
     Register(#[from] RegisterError),
     #[error("cannot start the {plane} request plane: {reason}")]
     Serve { plane: &'static str, reason: String },
+    /// A server the configuration names did not answer (the message names it and its URL).
+    #[error("{message}")]
+    Unreachable {
+        server: &'static str,
+        message: String,
+    },
     #[error("the runtime has been shut down")]
     Closed,
 }
@@ -128,12 +136,67 @@ struct Inner {
     config: RuntimeConfig,
     discovery: Discovery,
     events: EventPlane,
+    /// Also for instances other processes serve over TCP when this one is on NATS.
     tcp_client: Arc<TcpClient>,
-    /// Bound at the first `serve`: a process that only calls needs no listener.
-    server: OnceCell<TcpServer>,
+    #[cfg(feature = "nats")]
+    nats: Option<NatsPlane>,
+    /// Started at the first `serve`: a process that only calls needs no listener.
+    server: OnceCell<Server>,
     /// What this process serves, by path, until `stop` or shutdown.
     served: Mutex<HashMap<String, RegistrationHandle>>,
     closed: std::sync::atomic::AtomicBool,
+}
+
+/// The NATS request plane's connection and client (`DYN_REQUEST_PLANE=nats`).
+#[cfg(feature = "nats")]
+struct NatsPlane {
+    connection: async_nats::Client,
+    client: Arc<crate::nats_request::NatsRequestClient>,
+}
+
+/// This process's request-plane server.
+enum Server {
+    Tcp(TcpServer),
+    #[cfg(feature = "nats")]
+    Nats(crate::nats_request::NatsRequestServer),
+}
+
+impl Server {
+    async fn register(
+        &self,
+        path: &EndpointPath,
+        handler: impl Handler,
+    ) -> Result<(), RegisterError> {
+        match self {
+            Self::Tcp(server) => server.register(path, handler).await,
+            #[cfg(feature = "nats")]
+            Self::Nats(server) => server.register(path, handler).await,
+        }
+    }
+
+    fn unregister(&self, path: &EndpointPath) -> bool {
+        match self {
+            Self::Tcp(server) => server.unregister(path),
+            #[cfg(feature = "nats")]
+            Self::Nats(server) => server.unregister(path),
+        }
+    }
+
+    fn transport(&self, path: &EndpointPath) -> Transport {
+        match self {
+            Self::Tcp(server) => Transport::tcp(server.address(path)),
+            #[cfg(feature = "nats")]
+            Self::Nats(server) => Transport::nats(server.address(path)),
+        }
+    }
+
+    async fn shutdown(&self) {
+        match self {
+            Self::Tcp(server) => server.shutdown().await,
+            #[cfg(feature = "nats")]
+            Self::Nats(server) => server.shutdown().await,
+        }
+    }
 }
 
 impl Runtime {
@@ -153,17 +216,22 @@ impl Runtime {
 
     async fn start(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let tcp = config.request.tcp.clone().validate()?;
+        #[cfg(feature = "nats")]
+        let nats = match config.request.plane {
+            RequestPlaneKind::Nats => Some(NatsPlane::connect(&config).await?),
+            RequestPlaneKind::Tcp => None,
+        };
+        #[cfg(not(feature = "nats"))]
         if config.request.plane == RequestPlaneKind::Nats {
-            return Err(RuntimeError::Serve {
-                plane: "nats",
-                reason: "this build has no NATS request plane".into(),
-            });
+            return Err(crate::config::nats_request_plane_not_built().into());
         }
         let discovery = Discovery::connect(&config.discovery).await?;
         let events = EventPlane::connect(&config.events, &discovery).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 tcp_client: Arc::new(TcpClient::new(tcp)?),
+                #[cfg(feature = "nats")]
+                nats,
                 config,
                 discovery,
                 events,
@@ -193,6 +261,29 @@ impl Runtime {
         &self.inner.events
     }
 
+    /// Sends `request` straight to `address` (`host:port` on TCP, a subject on NATS) on
+    /// this runtime's request plane, bypassing discovery.
+    pub async fn request(
+        &self,
+        address: &str,
+        request: Request,
+    ) -> Result<Responses, RequestError> {
+        #[cfg(feature = "nats")]
+        if let Some(nats) = &self.inner.nats {
+            use crate::planes::RequestPlaneClient;
+            return nats
+                .client
+                .request(address, request)
+                .await
+                .map(Responses::Nats);
+        }
+        self.inner
+            .tcp_client
+            .call(address, request)
+            .await
+            .map(Responses::Tcp)
+    }
+
     /// Deregisters everything this process registered (endpoints, event publishers),
     /// drains the requests in flight, then closes the client connections. Later calls to
     /// `serve` fail with [`RuntimeError::Closed`].
@@ -208,6 +299,13 @@ impl Runtime {
             server.shutdown().await;
         }
         inner.tcp_client.close_connections();
+        #[cfg(feature = "nats")]
+        if let Some(nats) = &inner.nats {
+            // What the handlers answered while draining is on the wire before we return.
+            if let Err(err) = nats.connection.flush().await {
+                tracing::warn!(%err, "flushing the NATS connection at shutdown");
+            }
+        }
     }
 
     fn check_open(&self) -> Result<(), RuntimeError> {
@@ -217,22 +315,43 @@ impl Runtime {
         Ok(())
     }
 
-    async fn server(&self) -> Result<&TcpServer, RuntimeError> {
-        let config = ServerConfig {
-            tcp: self.inner.config.request.tcp.clone(),
-            ..self.inner.config.server.clone()
-        };
+    async fn server(&self) -> Result<&Server, RuntimeError> {
         self.inner
             .server
-            .get_or_try_init(|| async {
-                TcpServer::bind(config)
-                    .await
-                    .map_err(|err| RuntimeError::Serve {
-                        plane: "tcp",
-                        reason: err.to_string(),
-                    })
-            })
+            .get_or_try_init(|| self.start_server())
             .await
+    }
+
+    async fn start_server(&self) -> Result<Server, RuntimeError> {
+        let config = &self.inner.config;
+        #[cfg(feature = "nats")]
+        if let Some(nats) = &self.inner.nats {
+            let server_config = crate::nats_request::NatsServerConfig {
+                max_concurrent_requests: config.server.max_concurrent_requests,
+                drain_timeout: config.server.drain_timeout,
+            };
+            return crate::nats_request::NatsRequestServer::new(
+                nats.connection.clone(),
+                server_config,
+            )
+            .await
+            .map(Server::Nats)
+            .map_err(|err| RuntimeError::Serve {
+                plane: "nats",
+                reason: err.to_string(),
+            });
+        }
+        let server_config = ServerConfig {
+            tcp: config.request.tcp.clone(),
+            ..config.server.clone()
+        };
+        TcpServer::bind(server_config)
+            .await
+            .map(Server::Tcp)
+            .map_err(|err| RuntimeError::Serve {
+                plane: "tcp",
+                reason: err.to_string(),
+            })
     }
 }
 
@@ -314,17 +433,26 @@ impl Endpoint {
     /// it in discovery under a fresh instance id. It stays served until
     /// [`ServedEndpoint::stop`] or [`Runtime::shutdown`].
     pub async fn serve(&self, handler: impl Handler) -> Result<ServedEndpoint, RuntimeError> {
+        self.serve_instance(fastrand::u64(..), handler).await
+    }
+
+    /// Like [`serve`](Self::serve), as instance `instance_id`.
+    pub async fn serve_instance(
+        &self,
+        instance_id: u64,
+        handler: impl Handler,
+    ) -> Result<ServedEndpoint, RuntimeError> {
         let runtime = self.runtime();
         runtime.check_open()?;
         let path = EndpointPath::new(
             &self.component.namespace,
             &self.component.name,
             &self.name,
-            fastrand::u64(..),
+            instance_id,
         )?;
         let server = runtime.server().await?;
         server.register(&path, handler).await?;
-        let transport = Transport::tcp(server.address(&path));
+        let transport = server.transport(&path);
         let registration = match runtime.discovery().register(&path, transport).await {
             Ok(registration) => registration,
             Err(err) => {
@@ -336,6 +464,7 @@ impl Endpoint {
             runtime: runtime.clone(),
             path: path.clone(),
             address: registration.record().transport.address().to_owned(),
+            key: registration.key().to_owned(),
         };
         lock(&runtime.inner.served).insert(path.to_string(), registration);
         Ok(served)
@@ -352,7 +481,7 @@ impl Endpoint {
         config: EndpointClientConfig,
     ) -> Result<EndpointClient, RuntimeError> {
         let runtime = self.runtime();
-        Ok(EndpointClient::new(
+        let client = EndpointClient::new(
             runtime.discovery(),
             &self.component.namespace,
             &self.component.name,
@@ -360,7 +489,13 @@ impl Endpoint {
             Arc::clone(&runtime.inner.tcp_client),
             config,
         )
-        .await?)
+        .await?;
+        #[cfg(feature = "nats")]
+        let client = match &runtime.inner.nats {
+            Some(nats) => client.with_nats(Arc::clone(&nats.client)),
+            None => client,
+        };
+        Ok(client)
     }
 
     fn scope(&self) -> Result<EventScope, EventError> {
@@ -420,6 +555,7 @@ pub struct ServedEndpoint {
     runtime: Runtime,
     path: EndpointPath,
     address: String,
+    key: String,
 }
 
 impl ServedEndpoint {
@@ -437,6 +573,11 @@ impl ServedEndpoint {
         &self.address
     }
 
+    /// Its discovery key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// Withdraws it from discovery, then stops routing to it (requests already running
     /// finish).
     pub async fn stop(self) -> Result<(), RuntimeError> {
@@ -449,5 +590,32 @@ impl ServedEndpoint {
             server.unregister(&self.path);
         }
         Ok(())
+    }
+}
+
+#[cfg(feature = "nats")]
+impl NatsPlane {
+    /// Connects with the `NATS_*` settings (shared with the event plane), within
+    /// `NATS_CONNECT_TIMEOUT`.
+    async fn connect(config: &RuntimeConfig) -> Result<Self, RuntimeError> {
+        let connection = crate::nats::connect(&config.events.nats)
+            .await
+            .map_err(|err| RuntimeError::Unreachable {
+                server: "NATS",
+                message: format!("DYN_REQUEST_PLANE=nats: {err}"),
+            })?;
+        let client_config = crate::nats_request::NatsClientConfig {
+            request_timeout: config.request.tcp.request_timeout,
+        };
+        let client = crate::nats_request::NatsRequestClient::new(connection.clone(), client_config)
+            .await
+            .map_err(|err| RuntimeError::Unreachable {
+                server: "NATS",
+                message: format!("DYN_REQUEST_PLANE=nats: {err}"),
+            })?;
+        Ok(Self {
+            connection,
+            client: Arc::new(client),
+        })
     }
 }

@@ -10,8 +10,10 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use planewire::codec::Utf8Bytes;
 use planewire::planes::Request;
-use planewire::planes::discovery::{EndpointClient, EndpointClientConfig, Route, RouteError};
-use planewire::tcp::{ResponseStream, TcpClient};
+use planewire::planes::discovery::{
+    EndpointClient, EndpointClientConfig, Responses, Route, RouteError,
+};
+use planewire::runtime::Runtime;
 use tokio::task::JoinSet;
 
 use super::{CliError, EndpointArgs};
@@ -110,7 +112,7 @@ pub async fn run(args: CallArgs) -> Result<(), CliError> {
 enum Destination {
     /// `--addr`: one server, named by hand.
     Address {
-        client: TcpClient,
+        runtime: Runtime,
         address: String,
         path: Utf8Bytes,
     },
@@ -120,7 +122,7 @@ enum Destination {
 
 impl Destination {
     async fn new(args: &CallArgs) -> Result<Self, CliError> {
-        let client = TcpClient::new(super::tcp_config()?)?;
+        let runtime = super::runtime().await?;
         if let Some(address) = &args.addr {
             // Without --instance the path carries no instance id, and the server routes it
             // to the one instance of the endpoint it hosts.
@@ -129,7 +131,7 @@ impl Destination {
                 None => Utf8Bytes::from(args.endpoint.path(0)?.without_instance()),
             };
             return Ok(Self::Address {
-                client,
+                runtime,
                 address: address.clone(),
                 path,
             });
@@ -141,26 +143,23 @@ impl Destination {
             wait_for_instances: args.wait,
             ..EndpointClientConfig::default()
         };
-        let routed = EndpointClient::new(
-            &super::discovery().await?,
-            names.namespace(),
-            names.component(),
-            names.endpoint(),
-            Arc::new(client),
-            config,
-        )
-        .await?;
+        let routed = runtime
+            .namespace(names.namespace())
+            .component(names.component())
+            .endpoint(names.endpoint())
+            .client_with(config)
+            .await?;
         Ok(Self::Discovered(routed))
     }
 
-    async fn send(&self, payload: Bytes) -> Result<ResponseStream, RouteError> {
+    async fn send(&self, payload: Bytes) -> Result<Responses, RouteError> {
         match self {
             Self::Address {
-                client,
+                runtime,
                 address,
                 path,
-            } => Ok(client
-                .call(address, Request::new(path.clone(), payload))
+            } => Ok(runtime
+                .request(address, Request::new(path.clone(), payload))
                 .await?),
             Self::Discovered(routed) => routed.call(payload).await,
         }

@@ -42,16 +42,16 @@ pub async fn run(args: DiscoveryArgs) -> Result<(), CliError> {
 
 /// Records that cannot be read are skipped (and logged at `warn`).
 async fn list(prefix: &str) -> Result<(), CliError> {
-    let discovery = super::discovery().await?;
-    for record in discovery.list_prefix(prefix).await? {
+    let runtime = super::runtime().await?;
+    for record in runtime.discovery().list_prefix(prefix).await? {
         print_line(&record)?;
     }
     Ok(())
 }
 
 async fn watch(prefix: &str) -> Result<(), CliError> {
-    let discovery = super::discovery().await?;
-    let mut changes = discovery.watch_prefix(prefix).await?;
+    let runtime = super::runtime().await?;
+    let mut changes = runtime.discovery().watch_prefix(prefix).await?;
     let mut signals = Signals::install()?;
     loop {
         let change = tokio::select! {

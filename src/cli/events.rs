@@ -6,9 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use planewire::planes::events::{
-    Event, EventPlane, EventPlaneConfig, EventPlaneKind, EventScope, Subscription,
-};
+use planewire::planes::events::{Event, EventPlane, EventPlaneKind, EventScope, Subscription};
 use serde::Serialize;
 
 use super::CliError;
@@ -86,15 +84,13 @@ struct SubscribeArgs {
 }
 
 pub async fn run(args: EventsArgs) -> Result<(), CliError> {
-    let config = EventPlaneConfig::from_env()?;
-    let discovery = super::discovery().await?;
-    let plane = EventPlane::connect(&config, &discovery).await?;
+    let runtime = super::runtime().await?;
+    let plane = runtime.events();
     let result = match args.command {
-        EventsCommand::Publish(args) => publish(&plane, args).await,
-        EventsCommand::Subscribe(args) => subscribe(&plane, args).await,
+        EventsCommand::Publish(args) => publish(plane, args).await,
+        EventsCommand::Subscribe(args) => subscribe(plane, args).await,
     };
-    drop(plane);
-    discovery.shutdown().await;
+    runtime.shutdown().await;
     result
 }
 

@@ -6,9 +6,8 @@ pub mod events;
 pub mod serve;
 mod signals;
 
-use planewire::config::{RequestPlaneConfig, RequestPlaneKind, TcpConfig};
-use planewire::planes::discovery::{Discovery, DiscoveryConfig};
 use planewire::planes::{EndpointPath, RegisterError};
+use planewire::runtime::Runtime;
 
 /// Any error a subcommand reports; `main` prints its message on one line.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
@@ -34,23 +33,10 @@ pub fn parse_instance(text: &str) -> Result<u64, String> {
         .map_err(|_| "expected a hexadecimal instance id such as 1 or 7f".to_owned())
 }
 
-/// The TCP settings from the `DYN_*` environment; another `DYN_REQUEST_PLANE` is refused,
-/// since this binary only speaks TCP.
-pub fn tcp_config() -> Result<TcpConfig, CliError> {
-    let config = RequestPlaneConfig::from_env()?;
-    if config.plane != RequestPlaneKind::Tcp {
-        let plane = format!("{:?}", config.plane).to_lowercase();
-        return Err(format!(
-            "DYN_REQUEST_PLANE={plane} is not supported by the planewire CLI; use tcp"
-        )
-        .into());
-    }
-    Ok(config.tcp)
-}
-
-/// The discovery backend the `DYN_DISCOVERY_*` / `DYN_FILE_KV` / `ETCD_*` environment selects.
-pub async fn discovery() -> Result<Discovery, CliError> {
-    Ok(Discovery::connect(&DiscoveryConfig::from_env()?).await?)
+/// The planes `DYN_REQUEST_PLANE`, `DYN_DISCOVERY_BACKEND` and `DYN_EVENT_PLANE` (and
+/// their settings) select.
+pub async fn runtime() -> Result<Runtime, CliError> {
+    Ok(Runtime::from_env().await?)
 }
 
 #[cfg(test)]

@@ -1,13 +1,12 @@
-//! `planewire serve`: an echo worker on the TCP request plane, registered in discovery.
+//! `planewire serve`: an echo worker on the runtime's request plane, registered in
+//! discovery.
 
 use std::io::Write;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream;
 use planewire::bench::echo_handler;
-use planewire::planes::discovery::Transport;
-use planewire::planes::{Handler, HandlerError, Request, RequestPlaneServer};
-use planewire::tcp::{ServerConfig, TcpServer};
+use planewire::planes::{Handler, HandlerError, Request};
 use tokio_util::sync::CancellationToken;
 
 use super::signals::Signals;
@@ -30,56 +29,45 @@ pub struct ServeArgs {
 }
 
 /// Serves until SIGINT or SIGTERM, then deregisters and shuts down gracefully. Prints
-/// `listening on HOST:PORT` and then `instance HEX registered at KEY`, once registered,
-/// for scripts to read.
+/// `listening on ADDRESS` (`HOST:PORT` on TCP, the subject on NATS) and then
+/// `instance HEX registered at KEY`, once registered, for scripts to read.
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
-    let path = args
-        .endpoint
-        .path(args.instance.unwrap_or_else(|| fastrand::u64(..)))?;
-    let server = TcpServer::bind(ServerConfig {
-        tcp: super::tcp_config()?,
-        ..ServerConfig::default()
-    })
-    .await?;
-    match &args.tag {
+    let names = args.endpoint.path(0)?;
+    let instance = args.instance.unwrap_or_else(|| fastrand::u64(..));
+    let runtime = super::runtime().await?;
+    let endpoint = runtime
+        .namespace(names.namespace())
+        .component(names.component())
+        .endpoint(names.endpoint());
+    let served = match &args.tag {
         Some(tag) => {
-            server
-                .register(&path, tagged_echo(args.responses, Bytes::from(tag.clone())))
+            let handler = tagged_echo(args.responses, Bytes::from(tag.clone()));
+            endpoint.serve_instance(instance, handler).await?
+        }
+        None => {
+            endpoint
+                .serve_instance(instance, echo_handler(args.responses))
                 .await?
         }
-        None => server.register(&path, echo_handler(args.responses)).await?,
-    }
-    let local = server.local_addr();
-    // Bound to every interface: advertise and print the address clients should dial.
-    let dial = if local.ip().is_unspecified() {
-        server.address(&path)
-    } else {
-        local.to_string()
     };
-    let discovery = super::discovery().await?;
-    let registration = discovery.register(&path, Transport::tcp(&dial)).await?;
     // Installed before the lines are printed: a script that reads them and at once sends
     // SIGTERM must get a deregistration and a graceful shutdown, not the default action.
     let mut signals = Signals::install()?;
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {dial}")?;
+    writeln!(stdout, "listening on {}", served.address())?;
     writeln!(
         stdout,
         "instance {:x} registered at {}",
-        path.instance_id(),
-        registration.key()
+        served.instance_id(),
+        served.key()
     )?;
     stdout.flush()?;
     drop(stdout);
-    tracing::info!(endpoint = %path, responses = args.responses, "serving");
+    tracing::info!(endpoint = %served.path(), responses = args.responses, "serving");
     let signal = signals.recv().await?;
     tracing::info!(signal, "shutting down");
-    // Withdrawn first, so that clients stop picking this instance while it drains.
-    if let Err(err) = registration.deregister().await {
-        tracing::warn!(%err, "deregistration failed; the record goes when the lease expires");
-    }
-    discovery.shutdown().await;
-    server.shutdown().await;
+    // Withdrawn first, then drained: clients stop picking this instance while it drains.
+    runtime.shutdown().await;
     Ok(())
 }
 

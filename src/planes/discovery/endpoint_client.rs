@@ -1,20 +1,23 @@
 //! [`EndpointClient`]: requests to one endpoint, routed to the instances discovery
-//! reports, over a shared [`TcpClient`].
+//! reports, over a shared [`TcpClient`] (and a NATS request-plane client for instances
+//! that serve over NATS).
 
 use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{Discovery, DiscoveryError, InstanceEvent, InstanceRecord, RouteError, Transport};
 use crate::codec::{HeaderMap, Utf8Bytes};
-use crate::planes::Request;
+use crate::planes::{Request, RequestError};
 use crate::sync::lock;
 use crate::tcp::{ResponseStream, TcpClient};
 
@@ -52,12 +55,51 @@ impl Default for EndpointClientConfig {
     }
 }
 
+/// Which request plane reaches a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plane {
+    Tcp,
+    Nats,
+}
+
 /// An instance as the router uses it: the request path is built once.
 #[derive(Debug, Clone)]
 struct Target {
     id: u64,
+    plane: Plane,
+    /// `host:port` on TCP, the instance's subject on NATS.
     address: String,
     path: Utf8Bytes,
+}
+
+/// The responses of a routed call, whichever plane carried it. Dropping it before the
+/// end cancels the request on the server.
+pub enum Responses {
+    Tcp(ResponseStream),
+    #[cfg(feature = "nats")]
+    Nats(crate::nats_request::NatsResponses),
+}
+
+impl Stream for Responses {
+    type Item = Result<Bytes, RequestError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => stream.poll_next_unpin(cx),
+            #[cfg(feature = "nats")]
+            Self::Nats(stream) => stream.poll_next_unpin(cx),
+        }
+    }
+}
+
+impl std::fmt::Debug for Responses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp(_) => "Responses(tcp)",
+            #[cfg(feature = "nats")]
+            Self::Nats(_) => "Responses(nats)",
+        })
+    }
 }
 
 /// Sends requests to the live instances of one endpoint.
@@ -71,6 +113,8 @@ struct Target {
 pub struct EndpointClient {
     endpoint: String,
     tcp: Arc<TcpClient>,
+    #[cfg(feature = "nats")]
+    nats: Option<Arc<crate::nats_request::NatsRequestClient>>,
     config: EndpointClientConfig,
     targets: watch::Receiver<Arc<[Target]>>,
     next: AtomicUsize,
@@ -132,12 +176,22 @@ impl EndpointClient {
         Ok(Self {
             endpoint: endpoint_name,
             tcp,
+            #[cfg(feature = "nats")]
+            nats: None,
             config,
             targets,
             next: AtomicUsize::new(0),
             skipped: Mutex::default(),
             _follow: stop.drop_guard(),
         })
+    }
+
+    /// Routes to instances that serve over NATS with `nats` (without it, calling one
+    /// is an error saying so).
+    #[cfg(feature = "nats")]
+    pub fn with_nats(mut self, nats: Arc<crate::nats_request::NatsRequestClient>) -> Self {
+        self.nats = Some(nats);
+        self
     }
 
     /// `namespace/component/endpoint`.
@@ -163,7 +217,7 @@ impl EndpointClient {
     }
 
     /// Sends `payload` by the configured route; returns the response stream.
-    pub async fn call(&self, payload: impl Into<Bytes>) -> Result<ResponseStream, RouteError> {
+    pub async fn call(&self, payload: impl Into<Bytes>) -> Result<Responses, RouteError> {
         self.call_with(self.config.route, payload.into(), HeaderMap::new())
             .await
     }
@@ -174,12 +228,12 @@ impl EndpointClient {
         route: Route,
         payload: Bytes,
         headers: HeaderMap,
-    ) -> Result<ResponseStream, RouteError> {
+    ) -> Result<Responses, RouteError> {
         let targets = self.wait_for_targets(route).await?;
         let first = self
             .pick(&targets, route, None)
             .ok_or_else(|| self.no_instances(None))?;
-        let err = match self.send(&first, payload.clone(), headers.clone()).await {
+        let err = match self.send(&first, payload.clone(), headers.clone()).await? {
             Ok(responses) => return Ok(responses),
             Err(err) => err,
         };
@@ -195,7 +249,7 @@ impl EndpointClient {
         };
         tracing::warn!(endpoint = %self.endpoint, instance = format_args!("{:x}", first.id), address = %first.address, %err,
             skip_for = ?self.config.skip_unreachable_for, "instance unreachable; retrying on another");
-        match self.send(&second, payload, headers).await {
+        match self.send(&second, payload, headers).await? {
             Err(err) if err.is_retryable() => {
                 self.skip(second.id);
                 Err(err.into())
@@ -204,19 +258,47 @@ impl EndpointClient {
         }
     }
 
+    /// The outer error: the target's plane is not available here (not retried
+    /// elsewhere: every instance of an endpoint normally serves over the same plane).
     async fn send(
         &self,
         target: &Target,
         payload: Bytes,
         headers: HeaderMap,
-    ) -> Result<ResponseStream, crate::planes::RequestError> {
+    ) -> Result<Result<Responses, RequestError>, RouteError> {
         let request = Request {
             path: target.path.clone(),
             headers,
             payload,
             deadline: None,
         };
-        self.tcp.call(&target.address, request).await
+        match target.plane {
+            Plane::Tcp => Ok(self
+                .tcp
+                .call(&target.address, request)
+                .await
+                .map(Responses::Tcp)),
+            Plane::Nats => {
+                #[cfg(feature = "nats")]
+                if let Some(nats) = &self.nats {
+                    use crate::planes::RequestPlaneClient;
+                    return Ok(nats
+                        .request(&target.address, request)
+                        .await
+                        .map(Responses::Nats));
+                }
+                Err(RouteError::PlaneUnavailable {
+                    endpoint: self.endpoint.clone(),
+                    instance_id: target.id,
+                    plane: "NATS",
+                    hint: if cfg!(feature = "nats") {
+                        "connect with DYN_REQUEST_PLANE=nats (and NATS_SERVER)"
+                    } else {
+                        "this build lacks the `nats` cargo feature (rebuild with --features nats)"
+                    },
+                })
+            }
+        }
     }
 
     /// The current targets, waiting for a suitable one if so configured.
@@ -306,17 +388,16 @@ fn target(record: &InstanceRecord) -> Option<Target> {
             return None;
         }
     };
-    match &record.transport {
-        Transport::Tcp { address } => Some(Target {
-            id: record.instance_id,
-            address: address.clone(),
-            path: Utf8Bytes::from(&path),
-        }),
-        Transport::Nats { .. } => {
-            tracing::warn!(instance = %path, "skipping an instance on the NATS request plane: this client routes over TCP");
-            None
-        }
-    }
+    let (plane, address) = match &record.transport {
+        Transport::Tcp { address } => (Plane::Tcp, address),
+        Transport::Nats { subject } => (Plane::Nats, subject),
+    };
+    Some(Target {
+        id: record.instance_id,
+        plane,
+        address: address.clone(),
+        path: Utf8Bytes::from(&path),
+    })
 }
 
 fn snapshot(table: &BTreeMap<u64, Target>) -> Arc<[Target]> {

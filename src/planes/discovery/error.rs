@@ -99,6 +99,15 @@ pub enum RouteError {
         instance_id: u64,
         waited: Option<Duration>,
     },
+    #[error(
+        "instance {instance_id:x} of {endpoint} serves over {plane}, which this client cannot reach: {hint}"
+    )]
+    PlaneUnavailable {
+        endpoint: String,
+        instance_id: u64,
+        plane: &'static str,
+        hint: &'static str,
+    },
     #[error(transparent)]
     Request(#[from] RequestError),
 }

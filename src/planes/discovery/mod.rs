@@ -52,7 +52,7 @@ pub use config::{
     ENV_ETCD_CLIENT_CERT, ENV_ETCD_CLIENT_KEY, ENV_ETCD_ENDPOINTS, ENV_ETCD_PASSWORD,
     ENV_ETCD_USERNAME, ENV_FILE_KV, EtcdConfig,
 };
-pub use endpoint_client::{EndpointClient, EndpointClientConfig, Route};
+pub use endpoint_client::{EndpointClient, EndpointClientConfig, Responses, Route};
 pub use error::{BoxError, DiscoveryError, RouteError};
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdStore;
