@@ -16,6 +16,8 @@ mod driver;
 mod echo;
 mod error;
 mod events;
+#[cfg(feature = "nats")]
+mod nats_plane;
 mod plane;
 mod plot;
 mod raw;
@@ -59,8 +61,8 @@ pub struct BenchOptions {
         value_parser = cells::parse_open_load
     )]
     pub open_load: f64,
-    /// Also measure the NATS event plane against the nats-server at URL (needs the
-    /// `nats` feature).
+    /// Also measure the NATS request plane (64 B unary at concurrency 1 and 64) and the
+    /// NATS event plane against the nats-server at URL (needs the `nats` feature).
     #[arg(long, value_name = "URL")]
     pub nats: Option<String>,
 }
@@ -79,6 +81,9 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
         runs.extend(cell_runs.await?);
     }
     plane.shutdown().await;
+    if let Some(url) = &options.nats {
+        runs.extend(nats_cells(url, &raw, timing, &progress).await?);
+    }
     progress.set_message("event plane");
     let event_results = events::run(events::timing(options.quick), options.nats.as_deref()).await?;
     progress.finish_and_clear();
@@ -92,6 +97,9 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
     );
     let results: Vec<CellResult> = runs.iter().map(|r| r.result.clone()).collect();
     println!("{}", report::table(&results, options.open_load));
+    if let Some(line) = report::nats_versus_tcp(&results) {
+        println!("{line}");
+    }
     println!(
         "event plane: {} B events; latency is publish → receive with one event in flight",
         events::EVENT_PAYLOAD
@@ -104,6 +112,51 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
         plot::draw(path, &runs)?;
     }
     Ok(results)
+}
+
+/// The NATS request plane's cells, each beside a floor run of its own.
+#[cfg(feature = "nats")]
+async fn nats_cells(
+    url: &str,
+    raw: &RawServer,
+    timing: Timing,
+    progress: &ProgressBar,
+) -> Result<Vec<Run>, BenchError> {
+    let nats = nats_plane::NatsPlane::start(url).await?;
+    progress.inc_length(4);
+    let payload = Bytes::from(vec![b'x'; 64]);
+    let mut runs = Vec::new();
+    for concurrency in [1, 64] {
+        let cell = Cell {
+            payload: payload.len(),
+            concurrency,
+            responses: 1,
+            track_rss: false,
+        };
+        progress.set_message(format!("planewire nats 64 B c={concurrency}"));
+        let measured = driver::closed_loop(nats.callers(&payload, concurrency), timing).await?;
+        progress.inc(1);
+        let floor = floor_run(&cell, raw, None, timing).await?;
+        progress.inc(1);
+        let floor = Run::new(System::RawTcp, &cell, Mode::Closed, None, floor);
+        let run = Run::new(System::PlanewireNats, &cell, Mode::Closed, None, measured)
+            .compared_to(&floor);
+        runs.extend([floor, run]);
+    }
+    nats.shutdown().await;
+    Ok(runs)
+}
+
+#[cfg(not(feature = "nats"))]
+async fn nats_cells(
+    _url: &str,
+    _raw: &RawServer,
+    _timing: Timing,
+    _progress: &ProgressBar,
+) -> Result<Vec<Run>, BenchError> {
+    Err(BenchError::Worker(
+        "--nats needs a build with the `nats` cargo feature (--features nats)".into(),
+    ))
 }
 
 fn progress_bar(cells: &[Cell]) -> ProgressBar {

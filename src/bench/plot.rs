@@ -99,6 +99,7 @@ fn draw_panel<'a>(area: &Area<'a>, pair: &[Run]) -> DrawResult<'a> {
     for (system, points) in curves {
         let (color, name) = match system {
             System::Planewire => (PLANEWIRE, "planewire"),
+            System::PlanewireNats => (PLANEWIRE, "planewire over NATS"),
             System::RawTcp => (FLOOR, "raw TCP floor"),
         };
         chart

@@ -15,7 +15,10 @@ use super::events::EventResult;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum System {
+    /// The TCP request plane.
     Planewire,
+    /// The NATS request plane (`bench --nats URL`).
+    PlanewireNats,
     /// The raw tokio TCP echo measured in the same run.
     RawTcp,
 }
@@ -172,6 +175,7 @@ pub(crate) fn table(results: &[CellResult], open_load: f64) -> String {
         };
         let system = match r.system {
             System::Planewire => "planewire",
+            System::PlanewireNats => "pw NATS",
             System::RawTcp => "raw TCP",
         };
         let ratio = |f: fn(&Ratios) -> f64| {
@@ -224,6 +228,36 @@ fn micros(us: f64) -> String {
     } else {
         format!("{us:.0}")
     }
+}
+
+/// `NATS ÷ TCP …` for every NATS cell that has a closed-loop TCP twin.
+pub(crate) fn nats_versus_tcp(results: &[CellResult]) -> Option<String> {
+    let parts: Vec<String> = results
+        .iter()
+        .filter(|r| r.system == System::PlanewireNats)
+        .filter_map(|nats| {
+            let tcp = results.iter().find(|r| {
+                r.system == System::Planewire
+                    && r.mode == Mode::Closed
+                    && (r.payload, r.concurrency, r.responses)
+                        == (nats.payload, nats.concurrency, nats.responses)
+            })?;
+            Some(format!(
+                "{} c={}: p50 {:.2}×, p99 {:.2}×, rps {:.2}×",
+                size_label(nats.payload),
+                nats.concurrency,
+                nats.latency_us.p50 / tcp.latency_us.p50,
+                nats.latency_us.p99 / tcp.latency_us.p99,
+                nats.rps / tcp.rps
+            ))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| {
+        format!(
+            "NATS request plane ÷ TCP request plane: {}",
+            parts.join("; ")
+        )
+    })
 }
 
 /// `24k/s` style rates, so the mode column stays narrow.

@@ -1,0 +1,109 @@
+//! The NATS request plane under test (`bench --nats URL`, feature `nats`): a
+//! `NatsRequestServer` with an echo endpoint and a `NatsRequestClient`, each on its own
+//! connection to the given nats-server, as two processes would be.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::driver::Caller;
+use super::{BenchError, echo_handler};
+use crate::codec::Utf8Bytes;
+use crate::config::NatsConfig;
+use crate::nats_request::{
+    NatsClientConfig, NatsRequestClient, NatsRequestServer, NatsServerConfig, subject,
+};
+use crate::planes::{EndpointPath, Request, RequestPlaneClient, RequestPlaneServer};
+
+const SYSTEM: &str = "planewire nats";
+
+pub(crate) struct NatsPlane {
+    server: NatsRequestServer,
+    client: Arc<NatsRequestClient>,
+    subject: Arc<str>,
+    path: Utf8Bytes,
+}
+
+impl NatsPlane {
+    pub async fn start(url: &str) -> Result<Self, BenchError> {
+        let config = NatsConfig {
+            url: url.to_owned(),
+            ..NatsConfig::default()
+        };
+        let nats_error = |err: &dyn std::fmt::Display| BenchError::Worker(format!("NATS: {err}"));
+        let server_connection = crate::nats_request::connect(&config)
+            .await
+            .map_err(|e| nats_error(&e))?;
+        let client_connection = crate::nats_request::connect(&config)
+            .await
+            .map_err(|e| nats_error(&e))?;
+        let server = NatsRequestServer::new(server_connection, NatsServerConfig::default())
+            .await
+            .map_err(|e| nats_error(&e))?;
+        let path = EndpointPath::new("bench", "echo", "unary", 1).expect("constant, valid path");
+        server
+            .register(&path, echo_handler(1))
+            .await
+            .map_err(|e| nats_error(&e))?;
+        let client = NatsRequestClient::new(client_connection, NatsClientConfig::default())
+            .await
+            .map_err(|e| nats_error(&e))?;
+        Ok(Self {
+            server,
+            client: Arc::new(client),
+            subject: subject(&path).into(),
+            path: Utf8Bytes::from(&path),
+        })
+    }
+
+    pub fn callers(&self, payload: &Bytes, concurrency: usize) -> Vec<NatsCaller> {
+        (0..concurrency)
+            .map(|_| NatsCaller {
+                client: Arc::clone(&self.client),
+                subject: Arc::clone(&self.subject),
+                path: self.path.clone(),
+                payload: payload.clone(),
+            })
+            .collect()
+    }
+
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
+}
+
+pub(crate) struct NatsCaller {
+    client: Arc<NatsRequestClient>,
+    subject: Arc<str>,
+    path: Utf8Bytes,
+    payload: Bytes,
+}
+
+impl Caller for NatsCaller {
+    async fn call(&mut self) -> Result<(), BenchError> {
+        let request = Request::new(self.path.clone(), self.payload.clone());
+        let mut responses = self.client.request(&self.subject, request).await?;
+        let mut received = 0;
+        while let Some(response) = responses.next().await {
+            let len = response?.len();
+            if len != self.payload.len() {
+                return Err(BenchError::BadResponse {
+                    system: SYSTEM,
+                    detail: format!(
+                        "a {len}-byte response to a {}-byte request",
+                        self.payload.len()
+                    ),
+                });
+            }
+            received += 1;
+        }
+        if received != 1 {
+            return Err(BenchError::BadResponse {
+                system: SYSTEM,
+                detail: format!("{received} responses to a unary request"),
+            });
+        }
+        Ok(())
+    }
+}
