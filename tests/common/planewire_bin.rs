@@ -39,6 +39,29 @@ impl Setup {
         setup
     }
 
+    /// Only loopback hosts for the TCP request plane and the zmq event plane: every
+    /// plane takes its default unless [`env`](Self::env) or
+    /// [`temp_file_kv`](Self::temp_file_kv) says otherwise.
+    pub fn loopback() -> Self {
+        Self {
+            vars: vec![
+                ("DYN_TCP_RPC_HOST", "127.0.0.1".to_owned()),
+                ("DYN_EVENT_PLANE_HOST", "127.0.0.1".to_owned()),
+            ],
+            dir: None,
+        }
+    }
+
+    /// Points `DYN_FILE_KV` at a fresh directory (the file backend's store, should the
+    /// file backend be the one selected), held until the test ends.
+    pub fn temp_file_kv(mut self) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().to_str().expect("UTF-8 temp dir").to_owned();
+        self.vars.push(("DYN_FILE_KV", path));
+        self.dir = Some(dir);
+        self
+    }
+
     fn with_backend(backend: &str, ttl: &str) -> Self {
         Self {
             vars: vec![
