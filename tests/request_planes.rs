@@ -105,6 +105,10 @@ macro_rules! on_both_planes {
 on_both_planes!(unary_echo, |server, client, address| suite::unary_echo(
     &server, &client, address
 ));
+on_both_planes!(paced_stream_and_empty_stream, |server, client, address| {
+    suite::paced_stream_and_empty_stream(&server, &client, address)
+});
+
 on_both_planes!(streaming_in_order, |server, client, address| {
     suite::streaming_in_order(&server, &client, address)
 });

@@ -19,7 +19,10 @@ use tokio::sync::mpsc;
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{END_HEADER, NatsClientConfig, SEQ_HEADER, TIMEOUT_HEADER, cancel_subject, wire_size};
+use super::{
+    END_HEADER, END_WITH_LAST, NatsClientConfig, SEQ_HEADER, TIMEOUT_HEADER, cancel_subject,
+    wire_size,
+};
 use crate::codec::ErrorCode;
 use crate::planes::{Request, RequestError, RequestPlaneClient};
 use crate::tcp::STREAM_BUFFER;
@@ -309,11 +312,17 @@ impl NatsResponses {
             let message = header(NATS_SERVICE_ERROR).unwrap_or_default().to_owned();
             return Some(Err(RequestError::Remote { code, message }));
         }
-        if header(END_HEADER).is_some() {
-            self.state = State::Finished;
-            return None;
+        match header(END_HEADER) {
+            Some(END_WITH_LAST) => {
+                self.state = State::Finished;
+                Some(Ok(message.payload))
+            }
+            Some(_) => {
+                self.state = State::Finished;
+                None
+            }
+            None => Some(Ok(message.payload)),
         }
-        Some(Ok(message.payload))
     }
 
     fn abandon(&mut self, reason: String) -> RequestError {

@@ -13,7 +13,9 @@
 //!   told apart by the decimal id in the last token. Headers: the caller's headers, and
 //!   [`TIMEOUT_HEADER`] (`Pw-Timeout-Ms`, the milliseconds the client will wait).
 //! - **Responses.** Each response is one message to the reply subject carrying
-//!   [`SEQ_HEADER`] (`Pw-Seq`, 0, 1, 2, …). The stream ends with one more message with the
+//!   [`SEQ_HEADER`] (`Pw-Seq`, 0, 1, 2, …). A response the handler's stream ends right
+//!   after is sent with [`END_HEADER`] `Pw-End: last` and ends the stream itself (one
+//!   message for a unary call). Otherwise the stream ends with one more message with the
 //!   next sequence number and either [`END_HEADER`] (`Pw-End: 1`, empty payload) or the
 //!   NATS service error headers `Nats-Service-Error-Code` (the planewire `ErrorCode` as a
 //!   number) and `Nats-Service-Error` (the message). A gap in the sequence numbers is an
@@ -48,6 +50,9 @@ pub const SERVICE_NAME: &str = "planewire";
 pub const SEQ_HEADER: &str = "Pw-Seq";
 /// Present (`1`) on the message that ends a successful stream.
 pub const END_HEADER: &str = "Pw-End";
+/// [`END_HEADER`] value of a message that carries the last response itself (a stream
+/// that ends right after a response, like every unary one, takes one message, not two).
+pub const END_WITH_LAST: &str = "last";
 /// On a request: milliseconds the client waits for the whole stream.
 pub const TIMEOUT_HEADER: &str = "Pw-Timeout-Ms";
 /// The fix both size errors name.

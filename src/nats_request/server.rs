@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    END_HEADER, NatsServerConfig, PAYLOAD_FIX, SEQ_HEADER, SERVICE_NAME, TIMEOUT_HEADER,
-    cancel_subject, subject, wire_size,
+    END_HEADER, END_WITH_LAST, NatsServerConfig, PAYLOAD_FIX, SEQ_HEADER, SERVICE_NAME,
+    TIMEOUT_HEADER, cancel_subject, subject, wire_size,
 };
 use crate::codec::{ErrorCode, HeaderMap};
 use crate::planes::{EndpointPath, Handler, RegisterError, Request, RequestPlaneServer};
@@ -357,30 +357,46 @@ async fn run_request(
     };
     tokio::pin!(deadline_passed);
     let mut seq: u64 = 0;
+    let mut lookahead = None;
     loop {
-        let item = tokio::select! {
-            biased;
-            _ = token.cancelled() => {
-                if shared.abort.is_cancelled() {
-                    let message = "the server shut down before the request finished".to_owned();
-                    respond_error(&request, ErrorCode::ShuttingDown, message, seq).await;
+        let item = match lookahead.take() {
+            Some(item) => item,
+            None => tokio::select! {
+                biased;
+                _ = token.cancelled() => {
+                    if shared.abort.is_cancelled() {
+                        let message = "the server shut down before the request finished".to_owned();
+                        respond_error(&request, ErrorCode::ShuttingDown, message, seq).await;
+                    }
+                    return;
                 }
-                return;
-            }
-            _ = &mut deadline_passed => {
-                token.cancel();
-                drop(stream);
-                let message = "the request's deadline passed on the server".to_owned();
-                return respond_error(&request, ErrorCode::DeadlineExceeded, message, seq).await;
-            }
-            item = AssertUnwindSafe(stream.next()).catch_unwind() => item,
+                _ = &mut deadline_passed => {
+                    token.cancel();
+                    drop(stream);
+                    let message = "the request's deadline passed on the server".to_owned();
+                    return respond_error(&request, ErrorCode::DeadlineExceeded, message, seq).await;
+                }
+                item = AssertUnwindSafe(stream.next()).catch_unwind() => item,
+            },
         };
         match item {
             Ok(Some(Ok(payload))) => {
-                if let Err((code, message)) = send_response(shared, &request, payload, seq).await {
+                // A handler that ends right after this response (every unary one) gets it
+                // sent with the end marker: one message instead of two.
+                let next = AssertUnwindSafe(stream.next())
+                    .catch_unwind()
+                    .now_or_never();
+                let last = matches!(next, Some(Ok(None)));
+                if let Err((code, message)) =
+                    send_response(shared, &request, payload, seq, last).await
+                {
                     return respond_error(&request, code, message, seq).await;
                 }
+                if last {
+                    return;
+                }
                 seq += 1;
+                lookahead = next;
             }
             Ok(Some(Err(err))) => {
                 return respond_error(&request, ErrorCode::Handler, err.0, seq).await;
@@ -400,17 +416,22 @@ fn seq_headers(seq: u64) -> NatsHeaders {
     headers
 }
 
-/// Publishes one response; a response over `max_payload` becomes an error to report.
+/// Publishes one response (the `last` one with the end marker, as the service's reply so
+/// that STATS counts it); a response over `max_payload` becomes an error to report.
 async fn send_response(
     shared: &Shared,
     request: &service::Request,
     payload: Bytes,
     seq: u64,
+    last: bool,
 ) -> Result<(), (ErrorCode, String)> {
     let Some(reply) = request.message.reply.clone() else {
         return Ok(());
     };
-    let headers = seq_headers(seq);
+    let mut headers = seq_headers(seq);
+    if last {
+        headers.insert(END_HEADER, END_WITH_LAST);
+    }
     let size = wire_size(&headers, payload.len());
     let max = shared.client.max_payload();
     let too_large = || {
@@ -422,11 +443,15 @@ async fn send_response(
     if size > max {
         return Err(too_large());
     }
-    match shared
-        .client
-        .publish_with_headers(reply, headers, payload)
-        .await
-    {
+    let sent = if last {
+        request.respond_with_headers(Ok(payload), headers).await
+    } else {
+        shared
+            .client
+            .publish_with_headers(reply, headers, payload)
+            .await
+    };
+    match sent {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == PublishErrorKind::MaxPayloadExceeded => Err(too_large()),
         Err(err) => Err((

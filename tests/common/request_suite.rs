@@ -215,3 +215,41 @@ where
 }
 
 pub const SHORT_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// A stream whose items are spaced out and whose end comes after a pause of its own,
+/// and an empty one: every item arrives once, in order, and the end is seen in both.
+pub async fn paced_stream_and_empty_stream<S, C>(
+    server: &S,
+    client: &C,
+    address: impl Fn(&EndpointPath) -> String,
+) where
+    S: RequestPlaneServer,
+    C: RequestPlaneClient,
+{
+    let paced = path("paced");
+    let handler = |_req: Request, _cancel: CancellationToken| {
+        stream::unfold(0, |i| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            (i < 3).then(|| (Ok(Bytes::from(format!("item {i}"))), i + 1))
+        })
+    };
+    server.register(&paced, handler).await.unwrap();
+    let empty = path("empty");
+    let nothing = |_req: Request, _cancel: CancellationToken| stream::empty();
+    server.register(&empty, nothing).await.unwrap();
+    within("the paced and empty streams", async {
+        let responses = client
+            .request(&address(&paced), Request::new(&paced, Bytes::new()))
+            .await
+            .unwrap();
+        let items: Vec<Bytes> = responses.map(Result::unwrap).collect().await;
+        assert_eq!(items, ["item 0", "item 1", "item 2"]);
+        let responses = client
+            .request(&address(&empty), Request::new(&empty, Bytes::new()))
+            .await
+            .unwrap();
+        let items: Vec<Bytes> = responses.map(Result::unwrap).collect().await;
+        assert!(items.is_empty(), "{items:?}");
+    })
+    .await;
+}
