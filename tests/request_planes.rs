@@ -74,6 +74,20 @@ async fn nats_pair(nats: &NatsServer) -> (NatsRequestServer, NatsRequestClient) 
     .await
 }
 
+/// A NATS server and client, with an echo endpoint registered.
+async fn nats_echo(nats: &NatsServer) -> (NatsRequestServer, NatsRequestClient, EndpointPath) {
+    let (server, client) = nats_pair(nats).await;
+    let echo = path("echo");
+    server
+        .register(
+            &echo,
+            unary_handler(|req: Request| async move { Ok(req.payload) }),
+        )
+        .await
+        .unwrap();
+    (server, client, echo)
+}
+
 /// Runs a suite body against TCP and against NATS (skipped without nats-server).
 macro_rules! on_both_planes {
     ($name:ident, |$server:ident, $client:ident, $address:ident| $body:expr) => {
@@ -203,15 +217,7 @@ async fn nats_service_tooling_sees_the_endpoint_and_counts_requests_and_errors()
     let Some(nats) = NatsServer::start() else {
         return;
     };
-    let (server, client) = nats_pair(&nats).await;
-    let echo = path("echo");
-    server
-        .register(
-            &echo,
-            unary_handler(|req: Request| async move { Ok(req.payload) }),
-        )
-        .await
-        .unwrap();
+    let (server, client, echo) = nats_echo(&nats).await;
     let fails = path("fails");
     server
         .register(
@@ -414,15 +420,7 @@ async fn garbage_on_an_endpoint_subject_does_not_hurt_the_server() {
     let Some(nats) = NatsServer::start() else {
         return;
     };
-    let (server, client) = nats_pair(&nats).await;
-    let echo = path("echo");
-    server
-        .register(
-            &echo,
-            unary_handler(|req: Request| async move { Ok(req.payload) }),
-        )
-        .await
-        .unwrap();
+    let (server, client, echo) = nats_echo(&nats).await;
     let address = server.address(&echo);
     // No reply subject, binary junk, on the endpoint and its cancel subject.
     nats.publish_raw(&address, &[0xff, 0x00, 0x13, 0x37]);
