@@ -1,8 +1,7 @@
 //! The ZMQ event plane: the shared suite, publishers in other processes joining and
 //! dying, and interop with libzmq through pyzmq. Every socket is on 127.0.0.1.
 //!
-//! Publisher processes are `examples/zmq_publisher` (see [`publisher_example`] for how
-//! it gets built when the run is limited to this test).
+//! Publisher processes are `planewire events publish`.
 //!
 //! The libzmq tests run Python with pyzmq: `$PLANEWIRE_PYTHON` (scripts/test.sh makes a
 //! venv in `target/pyzmq-venv` and sets it), else `python3`. Without pyzmq they print a
@@ -13,9 +12,9 @@ mod common;
 mod suite;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -129,64 +128,8 @@ fn process_scope() -> EventScope {
     EventScope::new(PROCESS_SCOPE.0, PROCESS_SCOPE.1).unwrap()
 }
 
-/// `target/<profile>/examples/zmq_publisher`, brought up to date once per test binary.
-///
-/// `cargo test` builds examples only when it runs every target: `--test events_zmq`
-/// does not. So this runs `cargo build --example zmq_publisher` with this binary's
-/// profile and features, which shares the library just built (a no-op when the example
-/// is current).
-fn publisher_example() -> &'static Path {
-    static EXAMPLE: OnceLock<PathBuf> = OnceLock::new();
-    EXAMPLE.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test binary path");
-        // target/<profile>/deps/<test binary> -> target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .to_owned();
-        let features: Vec<&str> = [
-            ("cli", cfg!(feature = "cli")),
-            ("etcd", cfg!(feature = "etcd")),
-            ("nats", cfg!(feature = "nats")),
-            ("zmq", cfg!(feature = "zmq")),
-        ]
-        .into_iter()
-        .filter_map(|(name, on)| on.then_some(name))
-        .collect();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = std::process::Command::new(cargo);
-        build
-            .args([
-                "build",
-                "--example",
-                "zmq_publisher",
-                "--no-default-features",
-            ])
-            .arg("--features")
-            .arg(features.join(","))
-            .arg("--manifest-path")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build
-            .status()
-            .expect("run cargo build --example zmq_publisher");
-        assert!(
-            status.success(),
-            "cargo build --example zmq_publisher failed"
-        );
-        let example = profile_dir
-            .join("examples")
-            .join(format!("zmq_publisher{}", std::env::consts::EXE_SUFFIX));
-        assert!(example.exists(), "{} was not built", example.display());
-        example
-    })
-}
-
-/// `examples/zmq_publisher` publishing on `topic` every 20 ms, with file discovery in
-/// `dir` and leases of `ttl_secs`. Killed (by PID) on drop.
+/// `planewire events publish` on `topic` every 20 ms, with file discovery in `dir` and
+/// leases of `ttl_secs`. Killed (by PID) on drop.
 struct PublisherProcess {
     child: Child,
     id: u64,
@@ -194,10 +137,17 @@ struct PublisherProcess {
 
 impl PublisherProcess {
     async fn start(dir: &Path, ttl_secs: &str, topic: &str) -> Self {
-        let mut child = Command::new(publisher_example())
-            .arg(format!("{}/{}", PROCESS_SCOPE.0, PROCESS_SCOPE.1))
-            .arg(topic)
-            .arg("20")
+        let scope = format!("{}/{}", PROCESS_SCOPE.0, PROCESS_SCOPE.1);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_planewire"))
+            .args(["events", "publish", "--endpoint", &scope, "--topic", topic])
+            .args([
+                "--count",
+                "1000000000",
+                "--interval",
+                "0.02",
+                "--delay",
+                "0",
+            ])
             .env("DYN_DISCOVERY_BACKEND", "file")
             .env("DYN_FILE_KV", dir)
             .env("DYN_DISCOVERY_LEASE_TTL", ttl_secs)
@@ -207,14 +157,16 @@ impl PublisherProcess {
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("start examples/zmq_publisher");
+            .expect("start planewire events publish");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let line = within("the publisher's registration", lines.next_line())
             .await
             .expect("read the publisher's output")
             .expect("the publisher exited before printing its id");
-        let id = u64::from_str_radix(line.trim(), 16)
-            .unwrap_or_else(|_| panic!("publisher printed {line:?} instead of its id"));
+        let id = line
+            .strip_prefix("publisher ")
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("publish printed {line:?} instead of its id"));
         Self { child, id }
     }
 
@@ -238,11 +190,6 @@ async fn until_heard_from(sub: &mut Subscription, publishers: &[u64]) {
     within("an event from every publisher", async {
         while !missing.is_empty() {
             let event = sub.next().await.expect("subscription ended");
-            let id = format!("{:016x}", event.publisher_id);
-            assert!(
-                event.payload.starts_with(id.as_bytes()),
-                "payload names its publisher: {event:?}"
-            );
             missing.remove(&event.publisher_id);
         }
     })
