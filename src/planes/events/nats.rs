@@ -21,7 +21,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::config::EventPlaneConfig;
 use super::envelope::ENVELOPE_HEADER_LEN;
-use super::queue::{SubscriberQueue, SubscriptionGuard};
+use super::queue::{DRAIN_BEFORE_WAKE, SubscriberQueue, SubscriptionGuard};
 use super::{Event, EventError, EventPlaneKind, EventScope, EventSink, Transport, escape_token};
 use crate::codec::Utf8Bytes;
 use crate::nats::ConnectError;
@@ -233,7 +233,16 @@ fn consumer_name(name: &str) -> Result<String, EventError> {
 /// client never sees a slow consumer.
 async fn receive_core(mut subscriber: async_nats::Subscriber, queue: Arc<SubscriberQueue>) {
     while let Some(message) = subscriber.next().await {
-        deliver(&queue, &message.subject, message.payload);
+        push(&queue, &message.subject, message.payload);
+        // Take what has already arrived before waking the subscriber: one wake per
+        // burst instead of one per event.
+        for _ in 0..DRAIN_BEFORE_WAKE {
+            match subscriber.next().now_or_never() {
+                Some(Some(message)) => push(&queue, &message.subject, message.payload),
+                Some(None) | None => break,
+            }
+        }
+        queue.notify();
     }
     tracing::info!(
         "NATS event subscription ended: the NATS client shut down or stopped reconnecting"
@@ -253,7 +262,8 @@ async fn receive_durable(
             Ok(message) => {
                 let (message, acker) = message.split();
                 // Acked even when it does not decode: a redelivery would not decode either.
-                deliver(&queue, &message.subject, message.payload);
+                push(&queue, &message.subject, message.payload);
+                queue.notify();
                 if let Err(err) = acker.ack().await {
                     tracing::warn!(
                         consumer = %consumer_name,
@@ -284,9 +294,10 @@ async fn receive_durable(
     queue.close();
 }
 
-fn deliver(queue: &SubscriberQueue, subject: &str, payload: Bytes) {
+/// Queues the event `payload` holds, without waking the subscriber.
+fn push(queue: &SubscriberQueue, subject: &str, payload: Bytes) {
     match Event::decode(payload) {
-        Ok(event) => queue.deliver(event),
+        Ok(event) => queue.push(event),
         Err(err) => tracing::warn!(
             subject,
             "skipping a NATS message that is not an event envelope: {err}"

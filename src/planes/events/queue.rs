@@ -16,6 +16,11 @@ use futures::task::AtomicWaker;
 use super::Event;
 use crate::sync::lock;
 
+/// Messages a receive task takes without waiting, after one it had to await, before it
+/// wakes the subscriber: bounds how long a steady stream defers the wake.
+#[cfg(any(feature = "zmq", feature = "nats"))]
+pub(crate) const DRAIN_BEFORE_WAKE: usize = 64;
+
 /// Events one subscription holds before dropping its oldest (`DYN_EVENT_SUBSCRIBER_BUFFER`).
 pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 4096;
 

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use zeromq::{PubSocket, Socket, SocketOptions, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
-use super::queue::{SubscriberQueue, SubscriptionGuard};
+use super::queue::{DRAIN_BEFORE_WAKE, SubscriberQueue, SubscriptionGuard};
 use super::{Event, EventError, EventPlaneKind, EventScope, EventSink, Transport};
 use crate::codec::Utf8Bytes;
 use crate::planes::discovery::{Discovery, KeyRegistration, KeyValue, KvEvent, KvWatch};
@@ -41,9 +41,6 @@ const FRAMES: usize = 3;
 /// Pause after a socket error before receiving again, so a peer that keeps failing
 /// cannot spin the task (the socket reconnects on its own meanwhile).
 const RECV_ERROR_PAUSE: Duration = Duration::from_millis(100);
-/// Messages taken without waiting after one that had to be awaited, before the
-/// subscriber is woken: bounds how long a steady stream defers the wake.
-const DRAIN_BEFORE_WAKE: usize = 64;
 
 pub(super) struct Zmq {
     discovery: Discovery,
