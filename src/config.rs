@@ -426,7 +426,7 @@ mod tests {
     #[test]
     fn every_variable_is_read() {
         let cfg = from(&[
-            ("DYN_REQUEST_PLANE", "NATS"),
+            ("DYN_REQUEST_PLANE", " TCP "),
             ("DYN_TCP_RPC_HOST", "127.0.0.1"),
             ("DYN_TCP_RPC_PORT", "9123"),
             ("DYN_TCP_MAX_MESSAGE_SIZE", "1048576"),
@@ -437,7 +437,7 @@ mod tests {
             ("DYN_TCP_CHANNEL_BUFFER", "7"),
         ])
         .unwrap();
-        assert_eq!(cfg.plane, RequestPlaneKind::Nats);
+        assert_eq!(cfg.plane, RequestPlaneKind::Tcp);
         assert_eq!(cfg.tcp.host, Some("127.0.0.1".parse().unwrap()));
         assert_eq!(cfg.tcp.port, Some(9123));
         assert_eq!(cfg.tcp.max_message_size, 1 << 20);
@@ -446,6 +446,24 @@ mod tests {
         assert_eq!(cfg.tcp.pool_size, 4);
         assert_eq!(cfg.tcp.connect_timeout, Duration::from_secs(1));
         assert_eq!(cfg.tcp.channel_buffer, 7);
+    }
+
+    #[test]
+    fn nats_request_plane_needs_its_feature() {
+        match from(&[("DYN_REQUEST_PLANE", "Nats")]) {
+            Ok(cfg) => {
+                assert!(cfg!(feature = "nats"));
+                assert_eq!(cfg.plane, RequestPlaneKind::Nats);
+            }
+            Err(err) => {
+                assert!(!cfg!(feature = "nats"));
+                let text = err.to_string();
+                assert!(
+                    text.contains("DYN_REQUEST_PLANE") && text.contains("--features nats"),
+                    "{text}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -173,13 +173,14 @@ fn event_error(err: crate::planes::events::EventError) -> BenchError {
     BenchError::Worker(format!("event plane: {err}"))
 }
 
-/// The sending half of a system under test.
+/// The sending half of a system under test (the bare ones boxed: they hold whole
+/// clients, the planewire one a handle).
 enum Sender {
     Planewire(EventPublisher),
     #[cfg(feature = "zmq")]
-    Zmq(bare::ZmqSender),
+    Zmq(Box<bare::ZmqSender>),
     #[cfg(feature = "nats")]
-    Nats(bare::NatsSender),
+    Nats(Box<bare::NatsSender>),
 }
 
 /// The receiving half.
@@ -385,7 +386,7 @@ mod bare {
             topic: Bytes::from(subject),
             header: event.encode_header(),
         };
-        Ok((Sender::Zmq(sender), Receiver::Zmq(sub)))
+        Ok((Sender::Zmq(Box::new(sender)), Receiver::Zmq(sub)))
     }
 
     #[cfg(feature = "nats")]
@@ -421,7 +422,7 @@ mod bare {
             subject: subject.into(),
             body: event.encode(),
         };
-        Ok((Sender::Nats(sender), Receiver::Nats(subscriber)))
+        Ok((Sender::Nats(Box::new(sender)), Receiver::Nats(subscriber)))
     }
 }
 
