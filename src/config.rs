@@ -51,18 +51,21 @@ impl std::str::FromStr for RequestPlaneKind {
         match s.trim().to_ascii_lowercase().as_str() {
             "tcp" => Ok(Self::Tcp),
             "nats" if cfg!(feature = "nats") => Ok(Self::Nats),
-            "nats" => Err(nats_request_plane_not_built()),
+            "nats" => Err(feature_not_built(ENV_REQUEST_PLANE, "nats", "tcp")),
             _ => Err(invalid(ENV_REQUEST_PLANE, s, "one of: tcp, nats")),
         }
     }
 }
 
-/// The error for `DYN_REQUEST_PLANE=nats` in a build without it.
-pub(crate) fn nats_request_plane_not_built() -> ConfigError {
+/// The error for `var=feature` in a build without that cargo feature; `instead` names
+/// the values this build accepts.
+pub(crate) fn feature_not_built(var: &'static str, feature: &str, instead: &str) -> ConfigError {
     invalid(
-        ENV_REQUEST_PLANE,
-        "nats",
-        "tcp: this build lacks the `nats` cargo feature (rebuild with --features nats)",
+        var,
+        feature,
+        &format!(
+            "{instead}: this build lacks the `{feature}` cargo feature (rebuild with --features {feature})"
+        ),
     )
 }
 

@@ -223,10 +223,22 @@ impl Runtime {
         };
         #[cfg(not(feature = "nats"))]
         if config.request.plane == RequestPlaneKind::Nats {
-            return Err(crate::config::nats_request_plane_not_built().into());
+            return Err(crate::config::feature_not_built(
+                crate::config::ENV_REQUEST_PLANE,
+                "nats",
+                "tcp",
+            )
+            .into());
         }
         let discovery = Discovery::connect(&config.discovery).await?;
-        let events = EventPlane::connect(&config.events, &discovery).await?;
+        // One NATS connection per process when both planes use it.
+        let events = EventPlane::connect_sharing(
+            &config.events,
+            &discovery,
+            #[cfg(feature = "nats")]
+            nats.as_ref().map(|n| n.connection.clone()),
+        )
+        .await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 tcp_client: Arc::new(TcpClient::new(tcp)?),
@@ -292,9 +304,11 @@ impl Runtime {
         inner
             .closed
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        // First out of discovery, so no new request is routed here while draining.
-        lock(&inner.served).clear();
+        // First out of discovery, so no new request is routed here while draining. The
+        // lease revoke removes every record at once; the handles dropped after it find
+        // discovery closed and delete nothing more.
         inner.discovery.shutdown().await;
+        lock(&inner.served).clear();
         if let Some(server) = inner.server.get() {
             server.shutdown().await;
         }

@@ -15,7 +15,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{ConfigError, invalid, parse_seconds, read_var};
+use crate::config::{ConfigError, feature_not_built, invalid, parse_seconds, read_var};
 
 pub const ENV_DISCOVERY_BACKEND: &str = "DYN_DISCOVERY_BACKEND";
 pub const ENV_DISCOVERY_LEASE_TTL: &str = "DYN_DISCOVERY_LEASE_TTL";
@@ -56,11 +56,7 @@ impl std::str::FromStr for DiscoveryBackend {
 
 /// The error for choosing etcd in a build without it.
 pub(crate) fn etcd_not_built() -> ConfigError {
-    invalid(
-        ENV_DISCOVERY_BACKEND,
-        "etcd",
-        "file or mem: this build lacks the `etcd` cargo feature (rebuild with --features etcd)",
-    )
+    feature_not_built(ENV_DISCOVERY_BACKEND, "etcd", "file or mem")
 }
 
 /// Everything discovery reads from the environment.

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::net::IpAddr;
 
 use super::queue::DEFAULT_SUBSCRIBER_BUFFER;
-use crate::config::{ConfigError, NatsConfig, invalid, parse_count, read_var};
+use crate::config::{ConfigError, NatsConfig, feature_not_built, invalid, parse_count, read_var};
 
 pub const ENV_EVENT_PLANE: &str = "DYN_EVENT_PLANE";
 pub const ENV_EVENT_PLANE_HOST: &str = "DYN_EVENT_PLANE_HOST";
@@ -75,13 +75,7 @@ impl std::str::FromStr for EventPlaneKind {
 
 /// The error for choosing a transport this build lacks.
 pub(crate) fn not_built(plane: &str) -> ConfigError {
-    invalid(
-        ENV_EVENT_PLANE,
-        plane,
-        &format!(
-            "a transport this build has: it lacks the `{plane}` cargo feature (rebuild with --features {plane})"
-        ),
-    )
+    feature_not_built(ENV_EVENT_PLANE, plane, "a transport this build has")
 }
 
 /// Everything the event plane reads from the environment.

@@ -96,13 +96,32 @@ impl EventPlane {
         config: &EventPlaneConfig,
         discovery: &Discovery,
     ) -> Result<Self, EventError> {
+        Self::connect_sharing(
+            config,
+            discovery,
+            #[cfg(feature = "nats")]
+            None,
+        )
+        .await
+    }
+
+    /// Like [`connect`](Self::connect); on `nats`, `nats_client` (when given) is the
+    /// connection to use instead of opening one: the runtime shares its request plane's.
+    pub(crate) async fn connect_sharing(
+        config: &EventPlaneConfig,
+        discovery: &Discovery,
+        #[cfg(feature = "nats")] nats_client: Option<async_nats::Client>,
+    ) -> Result<Self, EventError> {
         let transport: Option<Arc<dyn Transport>> = match config.kind {
             EventPlaneKind::None => None,
             EventPlaneKind::Inproc => Some(Arc::new(inproc::Inproc::default())),
             #[cfg(feature = "zmq")]
             EventPlaneKind::Zmq => Some(Arc::new(zmq::Zmq::new(discovery.clone(), config.host))),
             #[cfg(feature = "nats")]
-            EventPlaneKind::Nats => Some(Arc::new(nats::Nats::connect(config).await?)),
+            EventPlaneKind::Nats => Some(Arc::new(match nats_client {
+                Some(client) => nats::Nats::with_client(client, config),
+                None => nats::Nats::connect(config).await?,
+            })),
             #[allow(unreachable_patterns)]
             other => return Err(config::not_built(other.as_str()).into()),
         };

@@ -39,9 +39,16 @@ pub(super) struct Nats {
 
 impl Nats {
     pub(super) async fn connect(config: &EventPlaneConfig) -> Result<Self, EventError> {
-        let client = crate::nats::connect(&config.nats).await?;
+        Ok(Self::with_client(
+            crate::nats::connect(&config.nats).await?,
+            config,
+        ))
+    }
+
+    /// Over a connection another plane already holds.
+    pub(super) fn with_client(client: async_nats::Client, config: &EventPlaneConfig) -> Self {
         let jetstream = config.durable.then(|| jetstream::new(client.clone()));
-        Ok(Self { client, jetstream })
+        Self { client, jetstream }
     }
 
     async fn subscribe_core(
