@@ -205,7 +205,7 @@ impl Sender {
 }
 
 impl Receiver {
-    /// Waits for the next event; `None` when the stream ended.
+    /// Waits for the next event; a subscription that ended is an error.
     async fn recv(&mut self) -> Result<(), BenchError> {
         let ended = || BenchError::Worker("the event subscription ended".into());
         match self {

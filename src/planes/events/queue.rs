@@ -114,17 +114,14 @@ impl SubscriberQueue {
                 return;
             }
         }
-        let next = sequence.wrapping_add(1);
-        if let Some((last, _)) = state.last
+        if let Some((last, last_next)) = state.last
             && last != publisher
         {
             // Only a change of publisher writes the map: a single busy publisher costs
             // no hashing.
-            state
-                .next_sequence
-                .insert(last, state.last.map_or(0, |(_, n)| n));
+            state.next_sequence.insert(last, last_next);
         }
-        state.last = Some((publisher, next));
+        state.last = Some((publisher, sequence.wrapping_add(1)));
         stats.received += 1;
         if state.events.len() == self.capacity {
             state.events.pop_front();
