@@ -7,7 +7,7 @@ mod planewire_bin;
 
 use std::time::Instant;
 
-use planewire_bin::{PATIENCE, Setup, assert_one_error_line, text};
+use planewire_bin::{PATIENCE, Setup, assert_one_error_line, publisher_id, text};
 
 #[test]
 fn subscribe_prints_a_json_line_per_event_from_another_process() {
@@ -41,13 +41,7 @@ fn subscribe_prints_a_json_line_per_event_from_another_process() {
         "0.5",
     ]);
     assert!(publisher.status.success(), "{}", text(&publisher.stderr));
-    let stdout = text(&publisher.stdout);
-    let id = stdout
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("publisher "))
-        .unwrap_or_else(|| panic!("publish printed {stdout:?}"))
-        .to_owned();
+    let id = publisher_id(&publisher);
     let deadline = Instant::now() + PATIENCE;
     let lines: Vec<serde_json::Value> = (0..5)
         .map(|_| {

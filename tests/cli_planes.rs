@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use planewire::planes::discovery::{InstanceRecord, Transport};
-use planewire_bin::{PATIENCE, Server, Setup, assert_one_error_line, text};
+use planewire_bin::{PATIENCE, Server, Setup, assert_one_error_line, publisher_id, text};
 
 const ENDPOINT: &str = "test/e2e/echo";
 const TAGS: [&str; 2] = [" from A", " from B"];
@@ -196,14 +196,7 @@ fn nats_etcd_planes_across_processes() {
             publisher.status,
             text(&publisher.stderr)
         );
-        let stdout = text(&publisher.stdout);
-        let id = stdout
-            .lines()
-            .next()
-            .and_then(|l| l.strip_prefix("publisher "))
-            .unwrap_or_else(|| panic!("publish printed {stdout:?}"))
-            .to_owned();
-        publishers.insert(id);
+        publishers.insert(publisher_id(&publisher));
         while events.len() < 3 {
             let Some(line) =
                 subscriber.line_by(Instant::now() + std::time::Duration::from_millis(500))

@@ -76,7 +76,20 @@ async fn nats_pair(nats: &NatsServer) -> (NatsRequestServer, NatsRequestClient) 
 
 /// A NATS server and client, with an echo endpoint registered.
 async fn nats_echo(nats: &NatsServer) -> (NatsRequestServer, NatsRequestClient, EndpointPath) {
-    let (server, client) = nats_pair(nats).await;
+    nats_echo_with(
+        nats,
+        NatsServerConfig::default(),
+        NatsClientConfig::default(),
+    )
+    .await
+}
+
+async fn nats_echo_with(
+    nats: &NatsServer,
+    server_config: NatsServerConfig,
+    client_config: NatsClientConfig,
+) -> (NatsRequestServer, NatsRequestClient, EndpointPath) {
+    let (server, client) = nats_pair_with(nats, server_config, client_config).await;
     let echo = path("echo");
     server
         .register(
@@ -273,15 +286,8 @@ async fn a_2_mib_request_against_a_default_nats_server_is_refused_naming_the_fix
         // Long enough that a timeout could not pass for the size error.
         request_timeout: Duration::from_secs(30),
     };
-    let (server, client) = nats_pair_with(&nats, NatsServerConfig::default(), client_config).await;
-    let echo = path("echo");
-    server
-        .register(
-            &echo,
-            unary_handler(|req: Request| async move { Ok(req.payload) }),
-        )
-        .await
-        .unwrap();
+    let (server, client, echo) =
+        nats_echo_with(&nats, NatsServerConfig::default(), client_config).await;
     let request = Request::new(&echo, Bytes::from(vec![0u8; 2 * 1024 * 1024]));
     let err = client
         .unary(&server.address(&echo), request)

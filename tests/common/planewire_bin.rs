@@ -255,6 +255,17 @@ impl Server {
     }
 }
 
+/// The publisher id `planewire events publish` prints first (`publisher HEX`).
+pub fn publisher_id(output: &Output) -> String {
+    let stdout = text(&output.stdout);
+    stdout
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("publisher "))
+        .unwrap_or_else(|| panic!("publish printed {stdout:?}"))
+        .to_owned()
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
