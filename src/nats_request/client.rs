@@ -25,6 +25,7 @@ use super::{
 };
 use crate::codec::ErrorCode;
 use crate::planes::{Request, RequestError, RequestPlaneClient};
+use crate::sync::lock;
 use crate::tcp::STREAM_BUFFER;
 
 /// Sends requests over NATS. Clones share one inbox subscription; the subscription ends
@@ -95,7 +96,7 @@ impl NatsRequestClient {
 
     /// Requests awaiting their last response.
     pub fn in_flight(&self) -> usize {
-        self.inner.pending.lock().unwrap().len()
+        lock(&self.inner.pending).len()
     }
 }
 
@@ -124,7 +125,7 @@ async fn route_replies(
             tracing::debug!("dropping a reply on unexpected subject {}", message.subject);
             continue;
         };
-        let mut pending = pending.lock().unwrap();
+        let mut pending = lock(&pending);
         let Some(slot) = pending.get(&id) else {
             tracing::trace!("dropping a reply to request {id}, which is no longer open");
             continue;
@@ -161,7 +162,7 @@ impl RequestPlaneClient for NatsRequestClient {
         let reply = format!("{}.{id}", inner.inbox);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let overflowed = Arc::new(AtomicBool::new(false));
-        inner.pending.lock().unwrap().insert(
+        lock(&inner.pending).insert(
             id,
             Slot {
                 tx,
@@ -369,7 +370,7 @@ impl Stream for NatsResponses {
 
 impl Drop for NatsResponses {
     fn drop(&mut self) {
-        self.inner.pending.lock().unwrap().remove(&self.id);
+        lock(&self.inner.pending).remove(&self.id);
         if self.state == State::Finished {
             return;
         }

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::codec::{ErrorCode, HeaderMap};
 use crate::planes::{EndpointPath, Handler, RegisterError, Request, RequestPlaneServer};
+use crate::sync::lock;
 
 /// Longest error message put in the `Nats-Service-Error` header.
 const MAX_ERROR_MESSAGE: usize = 4096;
@@ -95,7 +96,7 @@ impl RequestPlaneServer for NatsRequestServer {
         let shared = &self.shared;
         let stop = shared.shutdown.child_token();
         {
-            let mut endpoints = shared.endpoints.lock().unwrap();
+            let mut endpoints = lock(&shared.endpoints);
             if endpoints.contains_key(path) {
                 return Err(RegisterError::Duplicate(path.to_string()));
             }
@@ -104,7 +105,7 @@ impl RequestPlaneServer for NatsRequestServer {
         match self.start_endpoint(path, Arc::new(handler), stop).await {
             Ok(()) => Ok(()),
             Err(reason) => {
-                shared.endpoints.lock().unwrap().remove(path);
+                lock(&shared.endpoints).remove(path);
                 Err(RegisterError::InvalidPath {
                     path: path.to_string(),
                     reason,
@@ -118,7 +119,7 @@ impl RequestPlaneServer for NatsRequestServer {
     /// it processes the unsubscribe is lost and times out on its client, so take the path
     /// out of discovery before unregistering it.
     fn unregister(&self, path: &EndpointPath) -> bool {
-        match self.shared.endpoints.lock().unwrap().remove(path) {
+        match lock(&self.shared.endpoints).remove(path) {
             Some(stop) => {
                 stop.cancel();
                 true
@@ -134,7 +135,7 @@ impl RequestPlaneServer for NatsRequestServer {
     async fn shutdown(&self) {
         let shared = &self.shared;
         shared.shutdown.cancel();
-        shared.endpoints.lock().unwrap().clear();
+        lock(&shared.endpoints).clear();
         shared.tracker.close();
         if tokio::time::timeout(shared.config.drain_timeout, shared.tracker.wait())
             .await
@@ -147,7 +148,7 @@ impl RequestPlaneServer for NatsRequestServer {
             shared.abort.cancel();
             shared.tracker.wait().await;
         }
-        let service = shared.service.lock().unwrap().take();
+        let service = lock(&shared.service).take();
         if let Some(service) = service
             && let Err(err) = service.stop().await
         {
@@ -167,7 +168,7 @@ impl NatsRequestServer {
     ) -> Result<(), &'static str> {
         let shared = &self.shared;
         let subject = subject(path);
-        let builder = match shared.service.lock().unwrap().as_ref() {
+        let builder = match lock(&shared.service).as_ref() {
             Some(service) => service.endpoint_builder(),
             None => return Err("the server has been shut down"),
         };
@@ -260,7 +261,7 @@ impl EndpointTask {
             tracing::debug!("dropping a cancel that is not UTF-8");
             return;
         };
-        if let Some(token) = self.shared.in_flight.lock().unwrap().remove(reply) {
+        if let Some(token) = lock(&self.shared.in_flight).remove(reply) {
             token.cancel();
         }
     }
@@ -287,7 +288,7 @@ impl EndpointTask {
         };
         let token = shared.abort.child_token();
         let duplicate = {
-            let mut in_flight = shared.in_flight.lock().unwrap();
+            let mut in_flight = lock(&shared.in_flight);
             let duplicate = in_flight.contains_key(&reply);
             if !duplicate {
                 in_flight.insert(reply.clone(), token.clone());
@@ -309,7 +310,7 @@ impl EndpointTask {
         let shared = shared.clone();
         shared.tracker.clone().spawn(async move {
             run_request(&shared, handler, call, request, token).await;
-            shared.in_flight.lock().unwrap().remove(&reply);
+            lock(&shared.in_flight).remove(&reply);
             drop(permit);
         });
     }
