@@ -145,6 +145,7 @@ fuzz_smoke() {
         fi
     fi
     section "Fuzz smoke: cargo-fuzz"
+    df -h .
     if ! cargo fuzz --version >/dev/null 2>&1; then
         cargo install cargo-fuzz --locked
     fi
@@ -162,6 +163,14 @@ if ! [[ $FUZZ_SECONDS =~ ^[0-9]+$ ]]; then
     echo "error: FUZZ_SECONDS must be a whole number of seconds, not '$FUZZ_SECONDS'" >&2
     exit 2
 fi
+
+# A clean CI build must fit the machine's disk: incremental caches only pay off on rebuilds,
+# which CI never does. Free space is printed to explain a build that dies of a full disk.
+if in_ci; then
+    export CARGO_INCREMENTAL=0
+fi
+section "Disk space"
+df -h .
 
 ensure_system_packages
 ensure_rust_components
