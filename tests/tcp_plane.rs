@@ -454,7 +454,7 @@ async fn pool_never_exceeds_its_size_under_a_burst_of_first_calls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_buffers_shrink_after_twenty_32_mib_requests() {
+async fn read_buffers_return_to_their_initial_size_after_twenty_32_mib_requests() {
     let server = echo_server().await;
     let client = client();
     let addr = server.local_addr().to_string();
@@ -470,6 +470,24 @@ async fn read_buffers_shrink_after_twenty_32_mib_requests() {
         .unwrap();
         assert_eq!(reply.len(), payload.len());
         drop(reply);
+    }
+    // Each side keeps at most one large buffer for the next large message...
+    let one_spare = INITIAL_READ_CAPACITY + max;
+    for held in client
+        .connection_buffer_capacities(&addr)
+        .into_iter()
+        .chain(server.connection_buffer_capacities())
+    {
+        assert!(held <= one_spare, "{held} bytes held after 20 messages");
+    }
+    // ...and gives it back once large messages stop.
+    let released = || {
+        client.connection_buffer_capacities(&addr) == [INITIAL_READ_CAPACITY]
+            && server.connection_buffer_capacities() == [INITIAL_READ_CAPACITY]
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !released() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
         client.connection_buffer_capacities(&addr),

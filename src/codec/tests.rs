@@ -247,6 +247,77 @@ fn buffer_shrinks_after_a_32_mib_message() {
     assert_eq!(small, INITIAL_READ_CAPACITY);
 }
 
+/// Feeds `whole` to the decoder a MiB at a time and returns the one frame it makes.
+fn decode_in_chunks(dec: &mut FrameDecoder, buf: &mut BytesMut, whole: &[u8]) -> Frame {
+    let mut frames = Vec::new();
+    for chunk in whole.chunks(1 << 20) {
+        buf.extend_from_slice(chunk);
+        frames.extend(dec.decode_frame(buf).unwrap());
+    }
+    assert_eq!(frames.len(), 1);
+    frames.pop().unwrap()
+}
+
+fn large_data(fill: u8) -> BytesMut {
+    encode(&Frame::Data {
+        stream_id: 1,
+        payload: Bytes::from(vec![fill; MAX - HEADER_LEN]),
+    })
+}
+
+#[test]
+fn a_spare_is_reused_once_the_frame_split_off_it_is_dropped() {
+    let mut dec = decoder().with_spare();
+    let mut buf = dec.new_buffer();
+    let first = decode_in_chunks(&mut dec, &mut buf, &large_data(0xab));
+    let first_at = first.payload().as_ptr();
+    assert_eq!(
+        buf.capacity(),
+        INITIAL_READ_CAPACITY,
+        "the read buffer shrank"
+    );
+    assert!(dec.spare().is_some());
+    assert!(dec.spare_capacity() >= MAX);
+    drop(first);
+
+    let second = decode_in_chunks(&mut dec, &mut buf, &large_data(0xcd));
+    assert_eq!(second.payload().as_ptr(), first_at, "landed in the spare");
+    assert!(second.payload().iter().all(|&b| b == 0xcd));
+}
+
+#[test]
+fn a_spare_shared_with_a_live_frame_is_left_alone() {
+    let mut dec = decoder().with_spare();
+    let mut buf = dec.new_buffer();
+    let first = decode_in_chunks(&mut dec, &mut buf, &large_data(0xab));
+    let kept = dec.spare();
+    let second = decode_in_chunks(&mut dec, &mut buf, &large_data(0xcd));
+    assert_ne!(second.payload().as_ptr(), first.payload().as_ptr());
+    assert!(
+        first.payload().iter().all(|&b| b == 0xab),
+        "the live frame is intact"
+    );
+    assert!(second.payload().iter().all(|&b| b == 0xcd));
+    assert_ne!(
+        dec.spare(),
+        kept,
+        "the second frame's buffer is the spare now"
+    );
+
+    dec.release_spare();
+    assert_eq!(dec.spare(), None);
+    assert_eq!(dec.spare_capacity(), 0);
+}
+
+#[test]
+fn a_plain_decoder_keeps_no_spare() {
+    let mut dec = decoder();
+    let mut buf = dec.new_buffer();
+    decode_in_chunks(&mut dec, &mut buf, &large_data(0xab));
+    assert_eq!(dec.spare(), None);
+    assert_eq!(dec.spare_capacity(), 0);
+}
+
 #[test]
 fn small_frames_do_not_trigger_reallocation() {
     let mut dec = decoder();

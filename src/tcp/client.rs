@@ -74,7 +74,8 @@ impl TcpClient {
             .map_or(0, |pool| pool.connection_count())
     }
 
-    /// Read-buffer capacity of each connection to `address`.
+    /// Read-buffer memory held by each connection to `address` (as on the server's
+    /// [`TcpServer::connection_buffer_capacities`](crate::tcp::TcpServer::connection_buffer_capacities)).
     pub fn connection_buffer_capacities(&self, address: &str) -> Vec<usize> {
         self.pools
             .existing(address)

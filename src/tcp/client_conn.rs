@@ -37,7 +37,7 @@ struct Shared {
     /// Mirrors `closed` for the pool's per-request checks: reading a token takes its lock,
     /// which every caller on every thread would contend for.
     is_closed: AtomicBool,
-    read_capacity: AtomicUsize,
+    read_capacity: Arc<AtomicUsize>,
 }
 
 impl Shared {
@@ -99,7 +99,7 @@ impl ClientConnection {
             going_away: AtomicBool::new(false),
             closed: CancellationToken::new(),
             is_closed: AtomicBool::new(false),
-            read_capacity: AtomicUsize::new(reader.buffer_capacity()),
+            read_capacity: reader.held_bytes(),
         });
         let writer = FrameWriter::new(wr, config.max_message_size);
         let writer_shared = Arc::clone(&shared);
@@ -202,9 +202,6 @@ async fn read_loop(
             _ = &mut writer_failed => break "the connection could not be written to".to_owned(),
             frame = reader.next_frame() => frame,
         };
-        shared
-            .read_capacity
-            .store(reader.buffer_capacity(), Ordering::Relaxed);
         match frame {
             Ok(Some(frame)) => {
                 if let Err(reason) = on_frame(&shared, &tx, frame) {

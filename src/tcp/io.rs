@@ -1,12 +1,15 @@
 //! Frames over a byte stream: a buffered zero-copy reader and a vectored writer.
 
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
-use crate::codec::{CodecError, Frame, FrameDecoder, WriteQueue};
+use crate::codec::{CodecError, Frame, FrameDecoder, HEADER_LEN, WriteQueue};
 
 /// Free space below which the read buffer is topped up before a `read`.
 const MIN_READ_SPACE: usize = 4096;
@@ -15,20 +18,31 @@ pub(crate) const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// iovecs per `writev`: async-nats uses 64, far above where returns diminish.
 const MAX_IOVECS: usize = 64;
 
+/// How long the reader keeps a large buffer for the next large message. Back-to-back
+/// large messages reuse it; a connection whose large messages stopped gives it back soon.
+pub(crate) const SPARE_KEEP: Duration = Duration::from_secs(1);
+
 /// Reads frames from `io` through one reusable, shrinkable buffer.
 pub(crate) struct FrameReader<R> {
     io: R,
     buf: BytesMut,
     decoder: FrameDecoder,
+    /// The decoder's spare (by number) and when it is given back if not reused.
+    spare_expiry: Option<(u64, Instant)>,
+    /// Bytes of read buffer held, spare included, for the connection's owner to report.
+    held: Arc<AtomicUsize>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) fn new(io: R, max_frame_len: usize, shrink_threshold: usize) -> Self {
-        let decoder = FrameDecoder::new(max_frame_len, shrink_threshold);
+        let decoder = FrameDecoder::new(max_frame_len, shrink_threshold).with_spare();
+        let buf = decoder.new_buffer();
         Self {
             io,
-            buf: decoder.new_buffer(),
+            held: Arc::new(AtomicUsize::new(buf.capacity())),
+            buf,
             decoder,
+            spare_expiry: None,
         }
     }
 
@@ -36,22 +50,63 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// stays in the buffer.
     pub(crate) async fn next_frame(&mut self) -> Result<Option<Frame>, CodecError> {
         loop {
-            if let Some(frame) = self.decoder.decode_frame(&mut self.buf)? {
+            let decoded = self.decoder.decode_frame(&mut self.buf);
+            let spare_deadline = self.spare_deadline();
+            self.note_held();
+            if let Some(frame) = decoded? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < MIN_READ_SPACE {
+            // Past a whole header the decoder has made room for the rest of the frame;
+            // topping up then would grow a large buffer sized to its frame.
+            if self.buf.len() < HEADER_LEN && self.buf.capacity() - self.buf.len() < MIN_READ_SPACE
+            {
                 self.buf.reserve(MIN_READ_SPACE);
             }
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            let read = self.io.read_buf(&mut self.buf);
+            let read = match spare_deadline {
+                None => read.await?,
+                Some(deadline) => tokio::select! {
+                    biased;
+                    read = read => read?,
+                    // Back to the top, where `spare_deadline` gives the spare back.
+                    () = tokio::time::sleep_until(deadline) => continue,
+                },
+            };
+            if read == 0 {
                 self.decoder.check_eof(&self.buf)?;
                 return Ok(None);
             }
         }
     }
 
-    /// Capacity of the read buffer, to show it shrank after a large message.
-    pub(crate) fn buffer_capacity(&self) -> usize {
-        self.buf.capacity()
+    /// When the decoder's spare is to be given back; releases it if that time has come.
+    fn spare_deadline(&mut self) -> Option<Instant> {
+        let Some(spare) = self.decoder.spare() else {
+            self.spare_expiry = None;
+            return None;
+        };
+        let now = Instant::now();
+        let (_, deadline) = match self.spare_expiry {
+            Some(expiry) if expiry.0 == spare => expiry,
+            _ => *self.spare_expiry.insert((spare, now + SPARE_KEEP)),
+        };
+        if now >= deadline {
+            self.decoder.release_spare();
+            self.spare_expiry = None;
+            return None;
+        }
+        Some(deadline)
+    }
+
+    fn note_held(&self) {
+        let held = self.buf.capacity() + self.decoder.spare_capacity();
+        self.held.store(held, Ordering::Relaxed);
+    }
+
+    /// Bytes of read buffer this reader holds, kept up to date as it reads: the buffer's
+    /// capacity plus a spare large buffer it keeps for up to [`SPARE_KEEP`].
+    pub(crate) fn held_bytes(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.held)
     }
 }
 
@@ -136,4 +191,77 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
         writer.flush().await?;
     }
     writer.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::codec::{INITIAL_READ_CAPACITY, encode_frame};
+
+    const LARGE: usize = 4 << 20;
+
+    fn large_frame() -> BytesMut {
+        let mut wire = BytesMut::new();
+        let frame = Frame::Data {
+            stream_id: 1,
+            payload: Bytes::from(vec![7; LARGE]),
+        };
+        encode_frame(&frame, usize::MAX, &mut wire).unwrap();
+        wire
+    }
+
+    /// Paused time: the runtime jumps to each timer once every task waits.
+    #[tokio::test(start_paused = true)]
+    async fn the_spare_is_given_back_after_spare_keep_of_silence() {
+        let (mut peer, io) = tokio::io::duplex(1 << 20);
+        let mut reader = FrameReader::new(io, 2 * LARGE, 1 << 20);
+        let held = reader.held_bytes();
+        let wire = large_frame();
+        let writer = tokio::spawn(async move {
+            peer.write_all(&wire).await.unwrap();
+            peer
+        });
+        let frame = reader.next_frame().await.unwrap().unwrap();
+        assert_eq!(frame.payload().len(), LARGE);
+        let _peer = writer.await.unwrap();
+        drop(frame);
+
+        let silent = tokio::time::timeout(SPARE_KEEP / 2, reader.next_frame()).await;
+        assert!(silent.is_err(), "nothing was sent");
+        assert!(
+            held.load(Ordering::Relaxed) > LARGE,
+            "the spare is kept for a while"
+        );
+        let silent = tokio::time::timeout(SPARE_KEEP, reader.next_frame()).await;
+        assert!(silent.is_err(), "nothing was sent");
+        assert_eq!(held.load(Ordering::Relaxed), INITIAL_READ_CAPACITY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn back_to_back_large_frames_reuse_one_buffer() {
+        let (mut peer, io) = tokio::io::duplex(1 << 20);
+        let mut reader = FrameReader::new(io, 2 * LARGE, 1 << 20);
+        let held = reader.held_bytes();
+        let writer = tokio::spawn(async move {
+            for _ in 0..3 {
+                peer.write_all(&large_frame()).await.unwrap();
+            }
+            peer
+        });
+        let mut addresses = Vec::new();
+        for _ in 0..3 {
+            let frame = reader.next_frame().await.unwrap().unwrap();
+            addresses.push(frame.payload().as_ptr());
+            assert!(
+                held.load(Ordering::Relaxed) < 2 * LARGE,
+                "one spare at most"
+            );
+        }
+        let _peer = writer.await.unwrap();
+        assert_eq!(addresses[1], addresses[0]);
+        assert_eq!(addresses[2], addresses[0]);
+    }
 }

@@ -64,7 +64,7 @@ pub(super) struct Shared {
     /// Fired when the drain timeout passes: cancel whatever still runs.
     pub(super) abort: CancellationToken,
     pub(super) tracker: TaskTracker,
-    /// Read-buffer capacity of each open connection, by connection number.
+    /// Read-buffer memory held by each open connection, by connection number.
     pub(super) buffer_capacities: Mutex<HashMap<u64, Arc<AtomicUsize>>>,
 }
 
@@ -140,8 +140,9 @@ impl TcpServer {
         self.local_addr
     }
 
-    /// Read-buffer capacity of every open connection: after a large message each returns
-    /// to the small initial size.
+    /// Read-buffer memory each open connection holds: after large messages each returns
+    /// to the small initial size within about a second (the spare large buffer kept for
+    /// back-to-back large messages is given back).
     pub fn connection_buffer_capacities(&self) -> Vec<usize> {
         lock(&self.shared.buffer_capacities)
             .values()

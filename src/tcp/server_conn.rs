@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,8 +83,7 @@ pub(super) async fn serve_connection(
     let (rd, wr) = socket.into_split();
     let mut reader = FrameReader::new(rd, shared.max_frame_len, shared.shrink_threshold);
     let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let capacity = Arc::new(AtomicUsize::new(reader.buffer_capacity()));
-    lock(&shared.buffer_capacities).insert(id, Arc::clone(&capacity));
+    lock(&shared.buffer_capacities).insert(id, reader.held_bytes());
 
     let mut conn = Connection {
         shared: Arc::clone(&shared),
@@ -98,7 +97,7 @@ pub(super) async fn serve_connection(
         peer,
         draining: false,
     };
-    conn.run(&mut reader, &mut rx, &capacity).await;
+    conn.run(&mut reader, &mut rx).await;
 
     // The client is gone, or the connection is being closed: stop every handler, then
     // flush what is queued (a go-away, last responses) for a bounded time.
@@ -121,7 +120,6 @@ impl Connection {
         &mut self,
         reader: &mut FrameReader<OwnedReadHalf>,
         rx: &mut mpsc::Receiver<Frame>,
-        capacity: &AtomicUsize,
     ) {
         // One future for the whole loop: creating one per frame would take the token's
         // lock, shared by every connection of the server.
@@ -136,7 +134,6 @@ impl Connection {
                 _ = &mut shutdown, if !self.draining => self.start_draining(),
                 _ = streams.idle.notified(), if self.draining => {}
                 frame = reader.next_frame(), if queued < PAUSE_READING_AT => {
-                    capacity.store(reader.buffer_capacity(), Ordering::Relaxed);
                     let outcome = match frame {
                         Ok(Some(frame)) => self.on_frame(frame),
                         Ok(None) => return,
