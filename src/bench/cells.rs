@@ -53,11 +53,13 @@ pub(crate) fn timing(quick: bool) -> Timing {
         Timing {
             warmup: Duration::from_millis(100),
             measure: Duration::from_millis(350),
+            slices: 2,
         }
     } else {
         Timing {
             warmup: Duration::from_millis(500),
             measure: Duration::from_secs(4),
+            slices: 4,
         }
     }
 }

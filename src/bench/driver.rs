@@ -23,6 +23,19 @@ pub(crate) trait Caller: Send + 'static {
 pub(crate) struct Timing {
     pub warmup: Duration,
     pub measure: Duration,
+    /// Closed-loop runs are cut into this many slices, taken by turns with the floor's.
+    pub slices: u32,
+}
+
+impl Timing {
+    /// The warm-up and measurement of one slice.
+    pub fn slice(self) -> Self {
+        Self {
+            warmup: self.warmup / self.slices,
+            measure: self.measure / self.slices,
+            slices: 1,
+        }
+    }
 }
 
 /// Round-trip latencies (nanoseconds) of one run, and how long it took.
@@ -34,6 +47,14 @@ pub(crate) struct Measurement {
 impl Measurement {
     pub fn rps(&self) -> f64 {
         self.histogram.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Adds another run of the same system and cell to this one.
+    pub fn merge(&mut self, other: &Measurement) {
+        self.histogram
+            .add(&other.histogram)
+            .expect("histograms with the same bounds always add");
+        self.elapsed += other.elapsed;
     }
 }
 
@@ -47,7 +68,10 @@ fn record(histogram: &mut Histogram<u64>, latency: Duration) {
 }
 
 /// Every caller loops send → wait: warm-up, then the round trips that start inside the
-/// measurement window are recorded.
+/// measurement window are recorded. The run's time counts from the first recorded round
+/// trip, not from the end of the warm-up: a warm-up call still running then would
+/// otherwise count as idle time, a bias as large as one call per run (at 32 MiB, tens
+/// of milliseconds of a one-second slice).
 pub(crate) async fn closed_loop<C: Caller>(
     callers: Vec<C>,
     timing: Timing,
@@ -59,16 +83,17 @@ pub(crate) async fn closed_loop<C: Caller>(
         while Instant::now() < warm_end {
             caller.call().await?;
         }
+        let started = Instant::now();
         loop {
             let start = Instant::now();
             if start >= end {
-                return Ok(histogram);
+                return Ok((histogram, started));
             }
             caller.call().await?;
             record(&mut histogram, start.elapsed());
         }
     });
-    collect(workers, warm_end).await
+    collect(workers).await
 }
 
 /// Requests are scheduled at `rate` per second from a shared clock; each caller takes the
@@ -95,7 +120,7 @@ pub(crate) async fn open_loop<C: Caller>(
                 let slot = next_slot.fetch_add(1, Ordering::Relaxed);
                 let scheduled = t0 + Duration::from_secs_f64(slot as f64 / rate);
                 if scheduled >= end {
-                    return Ok(histogram);
+                    return Ok((histogram, warm_end));
                 }
                 let start = if Instant::now() >= scheduled {
                     scheduled
@@ -110,28 +135,29 @@ pub(crate) async fn open_loop<C: Caller>(
             }
         }
     });
-    collect(workers, warm_end).await
+    collect(workers).await
 }
 
 /// Runs the workers as tasks (so they spread over the runtime's threads) and merges their
-/// histograms; the first error stops the run.
-async fn collect<W>(
-    workers: impl Iterator<Item = W>,
-    warm_end: Instant,
-) -> Result<Measurement, BenchError>
+/// histograms; the first error stops the run. Each worker returns its histogram and when
+/// its recording began; the run lasts from the earliest such start until the last worker
+/// is done.
+async fn collect<W>(workers: impl Iterator<Item = W>) -> Result<Measurement, BenchError>
 where
-    W: Future<Output = Result<Histogram<u64>, BenchError>> + Send + 'static,
+    W: Future<Output = Result<(Histogram<u64>, Instant), BenchError>> + Send + 'static,
 {
     let mut tasks: JoinSet<_> = workers.collect();
     let mut histogram = new_histogram();
+    let mut started: Option<Instant> = None;
     while let Some(joined) = tasks.join_next().await {
-        let worker = joined.map_err(|e| BenchError::Worker(e.to_string()))??;
+        let (worker, worker_started) = joined.map_err(|e| BenchError::Worker(e.to_string()))??;
         histogram
             .add(&worker)
             .expect("histograms with the same bounds always add");
+        started = Some(started.map_or(worker_started, |s| s.min(worker_started)));
     }
     Ok(Measurement {
         histogram,
-        elapsed: warm_end.elapsed(),
+        elapsed: started.map_or(Duration::ZERO, |started| started.elapsed()),
     })
 }

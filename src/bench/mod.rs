@@ -89,11 +89,13 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
     progress.finish_and_clear();
 
     println!(
-        "planewire latency benchmark ({} mode): 127.0.0.1, {} CPUs, {:?} warm-up + {:?} per run",
+        "planewire latency benchmark ({} mode): 127.0.0.1, {} CPUs, {:?} warm-up + {:?} per run; \
+         closed loops in {} slices, by turns with the floor",
         if options.quick { "quick" } else { "full" },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         timing.warmup,
         timing.measure,
+        timing.slices,
     );
     let results: Vec<CellResult> = runs.iter().map(|r| r.result.clone()).collect();
     println!("{}", report::table(&results, options.open_load));
@@ -134,10 +136,9 @@ async fn nats_cells(
             track_rss: false,
         };
         progress.set_message(format!("planewire nats 64 B c={concurrency}"));
-        let measured = driver::closed_loop(nats.callers(&payload, concurrency), timing).await?;
-        progress.inc(1);
-        let floor = floor_run(&cell, raw, None, timing).await?;
-        progress.inc(1);
+        let callers = nats.callers(&payload, concurrency);
+        let (measured, floor, _) = closed_by_turns(&cell, raw, &callers, timing).await?;
+        progress.inc(2);
         let floor = Run::new(System::RawTcp, &cell, Mode::Closed, None, floor);
         let run = Run::new(System::PlanewireNats, &cell, Mode::Closed, None, measured)
             .compared_to(&floor);
@@ -169,7 +170,7 @@ fn progress_bar(cells: &[Cell]) -> ProgressBar {
     ProgressBar::new(runs as u64).with_style(style)
 }
 
-/// Planewire then the floor, closed loop; then, above concurrency 1, both again in an
+/// Planewire and the floor by turns, closed loop; then, above concurrency 1, each in an
 /// open loop. Runs come out in (floor, planewire) pairs, the plot's panels.
 async fn run_cell(
     cell: &Cell,
@@ -185,22 +186,16 @@ async fn run_cell(
         let k = cell.responses;
         format!("{system} {size} c={c} ×{k} {mode}")
     };
-    // Reset before the payload exists: the client's copy of it is part of the cell's cost.
-    let rss_reset = cell.track_rss.then(rss::reset_peak);
     let payload = Bytes::from(vec![b'x'; cell.payload]);
 
-    progress.set_message(name("planewire", "closed"));
+    progress.set_message(name("planewire and raw TCP", "closed"));
     let callers = plane
         .callers(&payload, cell.responses, cell.concurrency)
         .await;
-    let planewire = driver::closed_loop(callers, timing).await?;
-    let peak_rss = rss_reset.map(|reset| reset.then(rss::peak).flatten());
+    let (planewire, floor, peak_rss) = closed_by_turns(cell, raw, &callers, timing).await?;
+    progress.inc(2);
     let rate = open_load * planewire.rps();
-    progress.inc(1);
 
-    progress.set_message(name("raw TCP", "closed"));
-    let floor = floor_run(cell, raw, None, timing).await?;
-    progress.inc(1);
     let floor = Run::new(System::RawTcp, cell, Mode::Closed, None, floor);
     let mut planewire =
         Run::new(System::Planewire, cell, Mode::Closed, None, planewire).compared_to(&floor);
@@ -211,9 +206,6 @@ async fn run_cell(
     }
 
     progress.set_message(name("planewire", "open"));
-    let callers = plane
-        .callers(&payload, cell.responses, cell.concurrency)
-        .await;
     let planewire = driver::open_loop(callers, rate, timing).await?;
     progress.inc(1);
     progress.set_message(name("raw TCP", "open"));
@@ -224,6 +216,49 @@ async fn run_cell(
         Run::new(System::Planewire, cell, Mode::Open, Some(rate), planewire).compared_to(&floor);
     runs.extend([floor, planewire]);
     Ok(runs)
+}
+
+/// Closed-loop runs of `callers` and of the floor for `cell`, cut into `timing.slices`
+/// slices taken by turns (system, floor, floor, system, …): a shared VM's speed drifts
+/// over seconds, and taking turns makes a drift weigh on both sides of a ratio alike.
+/// Returns the system's and the floor's merged slices, and the system's peak RSS when the
+/// cell tracks it (the largest peak over its slices, each from a reset just before it;
+/// `Some(None)` where the platform cannot tell).
+async fn closed_by_turns<C: Caller + Clone>(
+    cell: &Cell,
+    raw: &RawServer,
+    callers: &[C],
+    timing: Timing,
+) -> Result<(Measurement, Measurement, Option<Option<u64>>), BenchError> {
+    let slice = timing.slice();
+    let mut system: Option<Measurement> = None;
+    let mut floor: Option<Measurement> = None;
+    let mut peak_rss = None;
+    let mut rss_known = cell.track_rss;
+    for turn in 0..timing.slices {
+        let system_first = turn % 2 == 0;
+        for system_now in [system_first, !system_first] {
+            let (measured, sum) = if system_now {
+                let reset = cell.track_rss && rss::reset_peak();
+                let measured = driver::closed_loop(callers.to_vec(), slice).await?;
+                let peak = reset.then(rss::peak).flatten();
+                rss_known &= peak.is_some();
+                peak_rss = peak_rss.max(peak);
+                (measured, &mut system)
+            } else {
+                (floor_run(cell, raw, None, slice).await?, &mut floor)
+            };
+            match sum {
+                Some(sum) => sum.merge(&measured),
+                None => *sum = Some(measured),
+            }
+        }
+    }
+    let (Some(system), Some(floor)) = (system, floor) else {
+        unreachable!("Timing::slices is at least 1, and each turn runs both sides");
+    };
+    let peak_rss = cell.track_rss.then(|| peak_rss.filter(|_| rss_known));
+    Ok((system, floor, peak_rss))
 }
 
 /// The floor for `cell`: ping-pong on one connection at concurrency 1, otherwise the same

@@ -73,6 +73,7 @@ impl NatsPlane {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct NatsCaller {
     client: Arc<NatsRequestClient>,
     subject: Arc<str>,

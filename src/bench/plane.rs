@@ -95,6 +95,7 @@ impl Planewire {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct PlaneCaller {
     client: Arc<TcpClient>,
     address: Arc<str>,

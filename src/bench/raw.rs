@@ -226,7 +226,9 @@ async fn echo_connection(mut socket: TcpStream) -> std::io::Result<()> {
             socket.write_all(&output).await?;
             output.clear();
         }
-        if input.capacity() - input.len() < READ_CHUNK / 4 {
+        // Past a request's 8-byte prefix `take_request` has made room for all of it;
+        // topping up then would reallocate a buffer sized to that request.
+        if input.len() < 8 && input.capacity() - input.len() < READ_CHUNK / 4 {
             input.reserve(READ_CHUNK);
         }
         if socket.read_buf(&mut input).await? == 0 {
