@@ -192,7 +192,8 @@ fn print_event(event: &Event) -> Result<(), CliError> {
 fn print_stats(subscription: &Subscription) {
     let stats = subscription.stats();
     eprintln!(
-        "received {} events, {} missing (gaps), {} dropped (queue full), {} duplicates",
-        stats.received, stats.gaps, stats.dropped, stats.duplicates
+        "received {} events, {} missing (gaps), {} dropped (queue full), {} duplicates, \
+         {} malformed messages skipped",
+        stats.received, stats.gaps, stats.dropped, stats.duplicates, stats.malformed
     );
 }

@@ -305,10 +305,7 @@ async fn receive_durable(
 fn push(queue: &SubscriberQueue, subject: &str, payload: Bytes) {
     match Event::decode(payload) {
         Ok(event) => queue.push(event),
-        Err(err) => tracing::warn!(
-            subject,
-            "skipping a NATS message that is not an event envelope: {err}"
-        ),
+        Err(err) => queue.reject(subject, &err.to_string()),
     }
 }
 

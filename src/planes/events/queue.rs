@@ -35,6 +35,8 @@ pub struct SubscriptionStats {
     pub dropped: u64,
     /// Events whose sequence number was already seen, discarded.
     pub duplicates: u64,
+    /// Messages on the subscription's subject that were not event envelopes, skipped.
+    pub malformed: u64,
 }
 
 pub(crate) struct SubscriberQueue {
@@ -138,6 +140,26 @@ impl SubscriberQueue {
             }
         }
         state.events.push_back(event);
+    }
+
+    /// Counts a message from `source` that is not an event (`reason` says why) and skips
+    /// it. A broken peer may send nothing else: logging at powers of two keeps the log
+    /// readable while still showing the count grow.
+    #[cfg(any(feature = "zmq", feature = "nats"))]
+    pub(crate) fn reject(&self, source: &str, reason: &str) {
+        let malformed = {
+            let mut state = lock(&self.state);
+            state.stats.malformed += 1;
+            state.stats.malformed
+        };
+        if malformed.is_power_of_two() {
+            tracing::warn!(
+                subscription = %self.label,
+                source,
+                malformed_total = malformed,
+                "skipping a message that is not an event: {reason}"
+            );
+        }
     }
 
     /// Wakes the subscriber if it is waiting.

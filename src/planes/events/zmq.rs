@@ -287,7 +287,6 @@ impl Peers {
             subject: Arc::clone(&self.subject),
             topic: Arc::clone(&self.topic),
             queue: Arc::clone(&self.queue),
-            malformed: 0,
         };
         let cancelled = token.clone();
         tokio::spawn(async move {
@@ -312,8 +311,6 @@ struct Receiver {
     subject: Arc<str>,
     topic: Arc<str>,
     queue: Arc<SubscriberQueue>,
-    /// Messages skipped so far, for the log.
-    malformed: u64,
 }
 
 impl Receiver {
@@ -359,18 +356,7 @@ impl Receiver {
         match parse(message, &self.subject, &self.topic) {
             Ok(Some(event)) => self.queue.push(event),
             Ok(None) => {}
-            Err(reason) => {
-                self.malformed += 1;
-                // A broken peer may send nothing else: powers of two keep the log
-                // readable while still showing the count grow.
-                if self.malformed.is_power_of_two() {
-                    tracing::warn!(
-                        address = %self.address,
-                        malformed_total = self.malformed,
-                        "skipping a malformed zmq event message: {reason}"
-                    );
-                }
-            }
+            Err(reason) => self.queue.reject(&self.address, &reason),
         }
     }
 }
