@@ -667,3 +667,82 @@ async fn a_panicking_handler_is_an_internal_error_and_unregister_stops_routing()
     );
     server.shutdown().await;
 }
+
+/// nats-server going away mid-stream fails the open stream with an error naming the lost
+/// connection, not a timeout (the timeout here is far beyond the test's patience), and
+/// the same client serves requests again once the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_dying_mid_stream_fails_the_stream_naming_the_lost_connection() {
+    let Some(mut nats) = NatsServer::start() else {
+        return;
+    };
+    let client_config = NatsClientConfig {
+        request_timeout: Duration::from_secs(600),
+    };
+    let (server, client, echo) =
+        nats_echo_with(&nats, NatsServerConfig::default(), client_config).await;
+    let ticks = path("ticks");
+    let (cancelled_tx, mut cancelled) = mpsc::channel::<()>(1);
+    let handler = move |_req: Request, cancel: CancellationToken| {
+        let cancelled_tx = cancelled_tx.clone();
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            let _ = cancelled_tx.send(()).await;
+        });
+        stream::unfold(0u64, |i| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Some((Ok(Bytes::from(i.to_string())), i + 1))
+        })
+    };
+    server.register(&ticks, handler).await.unwrap();
+    let mut responses = client
+        .request(&server.address(&ticks), Request::new(&ticks, Bytes::new()))
+        .await
+        .unwrap();
+    let first = within("the first tick", responses.next()).await.unwrap();
+    assert_eq!(first.unwrap(), Bytes::from_static(b"0"));
+
+    nats.stop();
+    let err = within("the stream to fail", async {
+        loop {
+            match responses.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => break err,
+                None => panic!("the stream ended without an error"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(err, RequestError::ConnectionLost { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("NATS server dropped"), "{err}");
+    assert!(err.is_retryable());
+    assert!(responses.next().await.is_none(), "the stream is over");
+    assert_eq!(client.in_flight(), 0);
+
+    nats.start_again();
+    let reply = within("an echo once nats-server is back", async {
+        loop {
+            let request = Request::new(&echo, Bytes::from_static(b"back"));
+            match client.request(&server.address(&echo), request).await {
+                Ok(mut responses) => match responses.next().await {
+                    Some(Ok(reply)) => break reply,
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                },
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(reply, Bytes::from_static(b"back"));
+    // The handler is stopped although the caller still holds the failed stream: the
+    // server cancels a handler whose connection dropped mid-request (and the client's
+    // cancel, sent when it gave up, may get there too once both have reconnected).
+    within("the handler's token to fire", cancelled.recv())
+        .await
+        .unwrap();
+    drop(responses);
+    server.shutdown().await;
+}

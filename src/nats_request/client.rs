@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,12 +16,12 @@ use async_nats::{
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
-use tokio::time::Sleep;
+use tokio::time::{MissedTickBehavior, Sleep};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
     END_HEADER, END_WITH_LAST, NatsClientConfig, SEQ_HEADER, TIMEOUT_HEADER, cancel_subject,
-    wire_size,
+    connection_dropped, connects, wire_size,
 };
 use crate::codec::ErrorCode;
 use crate::planes::{Request, RequestError, RequestPlaneClient};
@@ -49,10 +49,26 @@ struct Inner {
 /// Open requests by id. Bounded by the caller's concurrency: one entry per live stream.
 type Pending = Mutex<HashMap<u64, Slot>>;
 
+/// How often the router looks at the NATS connection: a connection lost while requests
+/// are open fails their streams within this time, not at their timeout.
+const CONNECTION_CHECK: Duration = Duration::from_millis(100);
+
 struct Slot {
     tx: mpsc::Sender<Message>,
-    /// Set when the stream's buffer was full and its reply was dropped.
-    overflowed: Arc<AtomicBool>,
+    /// Set when the router gives up on the stream, before it drops `tx`.
+    dropped: Arc<OnceLock<Dropped>>,
+    /// The client's connection count when the request was sent: a higher count later
+    /// means the connection dropped (and came back) in between.
+    connects: u64,
+}
+
+/// Why the router stopped feeding a stream.
+#[derive(Debug, Clone, Copy)]
+enum Dropped {
+    /// Its buffer was full when a reply came.
+    Overflow,
+    /// The connection to the NATS server dropped while it was open.
+    ConnectionLost,
 }
 
 impl NatsRequestClient {
@@ -74,6 +90,7 @@ impl NatsRequestClient {
         let stop = CancellationToken::new();
         tokio::spawn(route_replies(
             replies,
+            client.clone(),
             inbox.clone(),
             pending.clone(),
             stop.clone(),
@@ -101,16 +118,24 @@ impl NatsRequestClient {
 }
 
 /// Hands each reply to its stream. Never waits on a stream: a full buffer drops the
-/// request (its stream reports the overflow).
+/// request (its stream reports the overflow). Every [`CONNECTION_CHECK`] it drops the
+/// streams whose connection was lost since their request went out.
 async fn route_replies(
     mut replies: Subscriber,
+    client: Client,
     inbox: String,
     pending: Arc<Pending>,
     stop: CancellationToken,
 ) {
+    let mut check = tokio::time::interval(CONNECTION_CHECK);
+    check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
             _ = stop.cancelled() => return,
+            _ = check.tick() => {
+                drop_lost_streams(&client, &pending);
+                continue;
+            }
             message = replies.next() => match message {
                 Some(message) => message,
                 None => return,
@@ -131,10 +156,27 @@ async fn route_replies(
             continue;
         };
         if let Err(mpsc::error::TrySendError::Full(_)) = slot.tx.try_send(message) {
-            slot.overflowed.store(true, Ordering::Relaxed);
+            let _ = slot.dropped.set(Dropped::Overflow);
             pending.remove(&id);
         }
     }
+}
+
+/// Drops the open streams whose replies may have been lost: NATS does not resend what
+/// was published while a connection was down, so a stream that spanned a drop could
+/// otherwise wait for its timeout. Replies already buffered are still delivered first.
+fn drop_lost_streams(client: &Client, pending: &Pending) {
+    let mut pending = lock(pending);
+    if pending.is_empty() {
+        return;
+    }
+    pending.retain(|_, slot| {
+        let lost = connection_dropped(client, slot.connects);
+        if lost {
+            let _ = slot.dropped.set(Dropped::ConnectionLost);
+        }
+        !lost
+    });
 }
 
 impl RequestPlaneClient for NatsRequestClient {
@@ -161,19 +203,20 @@ impl RequestPlaneClient for NatsRequestClient {
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let reply = format!("{}.{id}", inner.inbox);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let overflowed = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(OnceLock::new());
         lock(&inner.pending).insert(
             id,
             Slot {
                 tx,
-                overflowed: overflowed.clone(),
+                dropped: dropped.clone(),
+                connects: connects(&inner.client),
             },
         );
         let mut responses = NatsResponses {
             inner: inner.clone(),
             id,
             rx,
-            overflowed,
+            dropped,
             address: address.to_owned(),
             reply: reply.clone(),
             next_seq: 0,
@@ -245,10 +288,9 @@ fn request_headers(request: &Request, timeout: Duration) -> Result<NatsHeaders, 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Open,
-    /// The server ended the stream (or never got it): no cancel to send.
+    /// The server ended the stream, never got it, or was told to stop when the client
+    /// gave up on it: nothing more to send.
     Finished,
-    /// The client gave up (timeout, lost response): the server is told to stop.
-    Abandoned,
 }
 
 /// The responses to one request, in order. Ends after the last response or the first
@@ -257,7 +299,7 @@ pub struct NatsResponses {
     inner: Arc<Inner>,
     id: u64,
     rx: mpsc::Receiver<Message>,
-    overflowed: Arc<AtomicBool>,
+    dropped: Arc<OnceLock<Dropped>>,
     address: String,
     reply: String,
     next_seq: u64,
@@ -327,11 +369,34 @@ impl NatsResponses {
     }
 
     fn abandon(&mut self, reason: String) -> RequestError {
-        self.state = State::Abandoned;
+        self.give_up();
         RequestError::ConnectionLost {
             address: self.address.clone(),
             reason,
         }
+    }
+
+    /// Tells the server to stop the handler, at once rather than when the stream is
+    /// dropped (the caller may hold a failed stream for a while), and ends the stream.
+    /// While the connection is down the cancel waits in the client's publish buffer.
+    fn give_up(&mut self) {
+        if self.state != State::Open {
+            return;
+        }
+        self.state = State::Finished;
+        lock(&self.inner.pending).remove(&self.id);
+        // Publishing is async; the cancel goes out from a task of its own.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let client = self.inner.client.clone();
+        let subject = cancel_subject(&self.address);
+        let reply = Bytes::from(std::mem::take(&mut self.reply));
+        runtime.spawn(async move {
+            if let Err(err) = client.publish(subject, reply).await {
+                tracing::debug!("cannot send a cancel: {err}");
+            }
+        });
     }
 }
 
@@ -346,20 +411,26 @@ impl Stream for NatsResponses {
         match this.rx.poll_recv(cx) {
             Poll::Ready(Some(message)) => return Poll::Ready(this.read(message)),
             Poll::Ready(None) => {
-                this.state = State::Abandoned;
-                let error = if this.overflowed.load(Ordering::Relaxed) {
-                    RequestError::ResponseOverflow {
+                this.give_up();
+                let error = match this.dropped.get() {
+                    Some(Dropped::Overflow) => RequestError::ResponseOverflow {
                         buffered: STREAM_BUFFER,
-                    }
-                } else {
-                    RequestError::ClientClosed
+                    },
+                    Some(Dropped::ConnectionLost) => RequestError::ConnectionLost {
+                        address: this.address.clone(),
+                        reason: "the connection to the NATS server dropped while the request \
+                                 was open, and NATS does not resend replies published \
+                                 meanwhile (the client reconnects by itself: retry)"
+                            .to_owned(),
+                    },
+                    None => RequestError::ClientClosed,
                 };
                 return Poll::Ready(Some(Err(error)));
             }
             Poll::Pending => {}
         }
         if this.deadline.as_mut().poll(cx).is_ready() {
-            this.state = State::Abandoned;
+            this.give_up();
             return Poll::Ready(Some(Err(RequestError::Timeout {
                 timeout: this.timeout,
             })));
@@ -371,21 +442,8 @@ impl Stream for NatsResponses {
 impl Drop for NatsResponses {
     fn drop(&mut self) {
         lock(&self.inner.pending).remove(&self.id);
-        if self.state == State::Finished {
-            return;
-        }
-        // Publishing is async; the cancel goes out from a task of its own.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let client = self.inner.client.clone();
-        let subject = cancel_subject(&self.address);
-        let reply = Bytes::from(std::mem::take(&mut self.reply));
-        runtime.spawn(async move {
-            if let Err(err) = client.publish(subject, reply).await {
-                tracing::debug!("cannot send a cancel: {err}");
-            }
-        });
+        // A stream dropped before its end cancels the handler.
+        self.give_up();
     }
 }
 

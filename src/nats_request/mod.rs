@@ -23,6 +23,12 @@
 //! - **Cancel.** A client that drops its stream before the end publishes the request's
 //!   reply subject as the payload of a message to [`cancel_subject`]`(endpoint subject)`
 //!   (`{endpoint subject}.cancel`); the server fires the handler's cancellation token.
+//! - **Lost connection.** NATS does not resend what was in flight when a connection
+//!   dropped. A client whose connection drops (or drops and comes back) while a request is
+//!   open ends its stream with `ConnectionLost` within 100 ms and sends the cancel, which
+//!   waits in its buffer until it reconnects. A server whose connection dropped while a
+//!   request was open cancels the handler before its next response and sends an error
+//!   marker (`Internal`, naming the lost connection) instead.
 //! - **No responders.** When nothing subscribes to the subject, nats-server answers the
 //!   reply subject with status 503; the client reports `UnknownEndpoint` at once.
 //! - **max_payload.** A request larger than the server's `max_payload` is refused before
@@ -55,6 +61,21 @@ pub const END_HEADER: &str = "Pw-End";
 pub const END_WITH_LAST: &str = "last";
 /// On a request: milliseconds the client waits for the whole stream.
 pub const TIMEOUT_HEADER: &str = "Pw-Timeout-Ms";
+/// `client`'s connection count: it goes up with every connect and reconnect.
+pub(crate) fn connects(client: &async_nats::Client) -> u64 {
+    client
+        .statistics()
+        .connects
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether `client`'s connection is down now, or went down and came back since it had
+/// made `connects` connections: either way, messages may have been lost in between.
+pub(crate) fn connection_dropped(client: &async_nats::Client, since: u64) -> bool {
+    client.connection_state() != async_nats::connection::State::Connected
+        || connects(client) != since
+}
+
 /// The fix both size errors name.
 pub(crate) const PAYLOAD_FIX: &str =
     "use DYN_REQUEST_PLANE=tcp, or raise max_payload in nats-server";

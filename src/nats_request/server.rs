@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{
     END_HEADER, END_WITH_LAST, NatsServerConfig, PAYLOAD_FIX, SEQ_HEADER, SERVICE_NAME,
-    TIMEOUT_HEADER, cancel_subject, subject, wire_size,
+    TIMEOUT_HEADER, cancel_subject, connection_dropped, connects, subject, wire_size,
 };
 use crate::codec::{ErrorCode, HeaderMap};
 use crate::planes::{EndpointPath, Handler, RegisterError, Request, RequestPlaneServer};
@@ -345,6 +345,7 @@ async fn run_request(
     token: CancellationToken,
 ) {
     let deadline = call.deadline;
+    let connects_at_start = connects(&shared.client);
     let stream = std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(call, token.clone())));
     let Ok(mut stream) = stream else {
         let message = "the handler panicked".to_owned();
@@ -381,6 +382,15 @@ async fn run_request(
             },
         };
         match item {
+            Ok(Some(Ok(_))) if connection_dropped(&shared.client, connects_at_start) => {
+                // Responses sent before the drop may be lost: the stream cannot go on
+                // whole. The marker waits in the client's buffer if the link is still down.
+                token.cancel();
+                let message = "the server's connection to NATS dropped while the request was \
+                               open, and NATS does not resend what was in flight (retry)"
+                    .to_owned();
+                return respond_error(&request, ErrorCode::Internal, message, seq).await;
+            }
             Ok(Some(Ok(payload))) => {
                 // A handler that ends right after this response (every unary one) gets it
                 // sent with the end marker: one message instead of two.
