@@ -3,6 +3,9 @@
 //! 127.0.0.1 only.
 
 mod common;
+#[cfg(feature = "nats")]
+#[path = "common/nats.rs"]
+mod nats;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -229,4 +232,57 @@ async fn an_unreachable_etcd_is_named() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("etcd") && err.contains(&url), "{err}");
+}
+
+/// Credentials from `NATS_AUTH_*` reach the connection the NATS request plane and the
+/// NATS event plane share: with them a worker and a caller meet over NATS; with a wrong
+/// password the runtime does not start and says which settings to check.
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn nats_credentials_reach_the_request_plane() {
+    use nats::{NatsOptions, NatsServer};
+
+    let Some(server) = NatsServer::start_with(NatsOptions {
+        user_password: Some(("planewire".into(), "s3cret".into())),
+        ..NatsOptions::default()
+    }) else {
+        return;
+    };
+    let url = server.url();
+    let vars = |password: &'static str| {
+        config(&[
+            ("DYN_DISCOVERY_BACKEND", "mem"),
+            ("DYN_REQUEST_PLANE", "nats"),
+            ("DYN_EVENT_PLANE", "nats"),
+            ("NATS_SERVER", &url),
+            ("NATS_AUTH_USERNAME", "planewire"),
+            ("NATS_AUTH_PASSWORD", password),
+        ])
+        .unwrap()
+    };
+
+    let rt = Runtime::with_config(vars("s3cret")).await.unwrap();
+    let generate = rt.namespace("auth").component("worker").endpoint("generate");
+    let served = generate
+        .serve(unary_handler(|req: Request| async move { Ok(req.payload) }))
+        .await
+        .unwrap();
+    assert!(
+        served.address().starts_with("pw.rq."),
+        "{}",
+        served.address()
+    );
+    let client = generate.client().await.unwrap();
+    let mut responses = within("a call over NATS", client.call("over nats"))
+        .await
+        .unwrap();
+    let reply = within("the reply", responses.next()).await.unwrap().unwrap();
+    assert_eq!(reply, "over nats");
+    rt.shutdown().await;
+
+    let err = within("the refused connection", Runtime::with_config(vars("wrong")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("NATS_AUTH_"), "{err}");
 }
