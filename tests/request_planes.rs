@@ -381,6 +381,58 @@ async fn nats_shutdown_drains_an_in_flight_request() {
     assert_eq!(err.code(), Some(ErrorCode::UnknownEndpoint), "got {err}");
 }
 
+/// A handler still running when the drain timeout passes is cancelled, and its caller
+/// gets ShuttingDown rather than silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_shutdown_cancels_what_outlives_the_drain_timeout() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let server_config = NatsServerConfig {
+        drain_timeout: Duration::from_millis(200),
+        ..NatsServerConfig::default()
+    };
+    let (server, client) = nats_pair_with(&nats, server_config, NatsClientConfig::default()).await;
+    let stuck = path("stuck");
+    let (started_tx, mut started) = mpsc::channel::<()>(1);
+    let (cancelled_tx, mut cancelled) = mpsc::channel::<()>(1);
+    let handler = move |_req: Request, cancel: CancellationToken| {
+        let started_tx = started_tx.clone();
+        let cancelled_tx = cancelled_tx.clone();
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            let _ = cancelled_tx.send(()).await;
+        });
+        stream::once(async move {
+            let _ = started_tx.send(()).await;
+            std::future::pending::<()>().await;
+            Ok(Bytes::from_static(b"never sent"))
+        })
+    };
+    server.register(&stuck, handler).await.unwrap();
+    let address = server.address(&stuck);
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .unary(&address, Request::new(&path("stuck"), Bytes::new()))
+                .await
+        }
+    });
+    within("the handler to start", started.recv())
+        .await
+        .unwrap();
+    within("shutdown past its drain timeout", server.shutdown()).await;
+    within("the handler's token to fire", cancelled.recv())
+        .await
+        .unwrap();
+    let err = within("the caller's answer", call)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ShuttingDown), "got {err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_overloaded_endpoint_answers_at_once() {
     let Some(nats) = NatsServer::start() else {

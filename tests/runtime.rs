@@ -262,7 +262,10 @@ async fn nats_credentials_reach_the_request_plane() {
     };
 
     let rt = Runtime::with_config(vars("s3cret")).await.unwrap();
-    let generate = rt.namespace("auth").component("worker").endpoint("generate");
+    let generate = rt
+        .namespace("auth")
+        .component("worker")
+        .endpoint("generate");
     let served = generate
         .serve(unary_handler(|req: Request| async move { Ok(req.payload) }))
         .await
@@ -276,13 +279,19 @@ async fn nats_credentials_reach_the_request_plane() {
     let mut responses = within("a call over NATS", client.call("over nats"))
         .await
         .unwrap();
-    let reply = within("the reply", responses.next()).await.unwrap().unwrap();
+    let reply = within("the reply", responses.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(reply, "over nats");
     rt.shutdown().await;
 
-    let err = within("the refused connection", Runtime::with_config(vars("wrong")))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = within(
+        "the refused connection",
+        Runtime::with_config(vars("wrong")),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("NATS_AUTH_"), "{err}");
 }
