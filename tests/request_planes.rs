@@ -433,6 +433,57 @@ async fn nats_shutdown_cancels_what_outlives_the_drain_timeout() {
     assert_eq!(err.code(), Some(ErrorCode::ShuttingDown), "got {err}");
 }
 
+/// A caller that stops reading loses its own stream once its buffer is full: it gets
+/// the responses buffered so far, then ResponseOverflow; the same client's other
+/// requests go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_stream_nobody_reads_overflows_alone() {
+    use planewire::tcp::STREAM_BUFFER;
+
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let (server, client, echo) = nats_echo(&nats).await;
+    let flood = path("flood");
+    let handler = |_req: Request, _cancel: CancellationToken| {
+        stream::iter((0..STREAM_BUFFER * 3).map(|i| Ok(Bytes::from(i.to_string()))))
+    };
+    server.register(&flood, handler).await.unwrap();
+    let mut flooded = client
+        .request(&server.address(&flood), Request::new(&flood, Bytes::new()))
+        .await
+        .unwrap();
+    // The router gives the stream up (and forgets it) once a reply finds its buffer full.
+    within("the stream to overflow", async {
+        while client.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let reply = within(
+        "an echo beside the overflowed stream",
+        client.unary(
+            &server.address(&echo),
+            Request::new(&echo, Bytes::from_static(b"fine")),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply, Bytes::from_static(b"fine"));
+
+    for i in 0..STREAM_BUFFER {
+        let item = flooded.next().await.unwrap().unwrap();
+        assert_eq!(item, Bytes::from(i.to_string()), "in order, none lost");
+    }
+    let err = flooded.next().await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, RequestError::ResponseOverflow { buffered } if buffered == STREAM_BUFFER),
+        "{err:?}"
+    );
+    assert!(flooded.next().await.is_none());
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_overloaded_endpoint_answers_at_once() {
     let Some(nats) = NatsServer::start() else {
