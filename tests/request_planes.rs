@@ -17,8 +17,8 @@ use planewire::nats_request::{
     NatsClientConfig, NatsRequestClient, NatsRequestServer, NatsServerConfig, subject,
 };
 use planewire::planes::{
-    EndpointPath, HandlerError, Request, RequestError, RequestPlaneClient, RequestPlaneServer,
-    unary_handler,
+    EndpointPath, Handler, HandlerError, Request, RequestError, RequestPlaneClient,
+    RequestPlaneServer, unary_handler,
 };
 use planewire::tcp::{ServerConfig, TcpClient, TcpServer};
 use tokio::sync::mpsc;
@@ -99,6 +99,35 @@ async fn nats_echo_with(
         .await
         .unwrap();
     (server, client, echo)
+}
+
+/// Wraps `handler` so that each call's cancellation token, once fired, sends on the
+/// returned receiver. A watcher task does it: on cancel the server drops the handler's
+/// stream, so the stream itself cannot report.
+fn reporting_cancel<S>(
+    handler: impl Fn(Request) -> S + Send + Sync + 'static,
+) -> (impl Handler, mpsc::Receiver<()>)
+where
+    S: futures::Stream<Item = Result<Bytes, HandlerError>> + Send + 'static,
+{
+    let (cancelled_tx, cancelled) = mpsc::channel(1);
+    let wrapped = move |req: Request, cancel: CancellationToken| {
+        let cancelled_tx = cancelled_tx.clone();
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            let _ = cancelled_tx.send(()).await;
+        });
+        handler(req)
+    };
+    (wrapped, cancelled)
+}
+
+/// "0", "1", "2", … one every `every`, for ever.
+fn tick_stream(every: Duration) -> impl futures::Stream<Item = Result<Bytes, HandlerError>> {
+    stream::unfold(0u64, move |i| async move {
+        tokio::time::sleep(every).await;
+        Some((Ok(Bytes::from(i.to_string())), i + 1))
+    })
 }
 
 /// Runs a suite body against TCP and against NATS (skipped without nats-server).
@@ -395,20 +424,14 @@ async fn nats_shutdown_cancels_what_outlives_the_drain_timeout() {
     let (server, client) = nats_pair_with(&nats, server_config, NatsClientConfig::default()).await;
     let stuck = path("stuck");
     let (started_tx, mut started) = mpsc::channel::<()>(1);
-    let (cancelled_tx, mut cancelled) = mpsc::channel::<()>(1);
-    let handler = move |_req: Request, cancel: CancellationToken| {
+    let (handler, mut cancelled) = reporting_cancel(move |_| {
         let started_tx = started_tx.clone();
-        let cancelled_tx = cancelled_tx.clone();
-        tokio::spawn(async move {
-            cancel.cancelled().await;
-            let _ = cancelled_tx.send(()).await;
-        });
         stream::once(async move {
             let _ = started_tx.send(()).await;
             std::future::pending::<()>().await;
             Ok(Bytes::from_static(b"never sent"))
         })
-    };
+    });
     server.register(&stuck, handler).await.unwrap();
     let address = server.address(&stuck);
     let call = tokio::spawn({
@@ -568,18 +591,7 @@ async fn dropping_a_stream_midway_cancels_the_handler_over_nats() {
     };
     let (server, client) = nats_pair(&nats).await;
     let ticks = path("ticks");
-    let (cancelled_tx, mut cancelled) = mpsc::channel::<()>(1);
-    let handler = move |_req: Request, cancel: CancellationToken| {
-        let cancelled_tx = cancelled_tx.clone();
-        tokio::spawn(async move {
-            cancel.cancelled().await;
-            let _ = cancelled_tx.send(()).await;
-        });
-        stream::unfold(0u64, |i| async move {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            Some((Ok(Bytes::from(i.to_string())), i + 1))
-        })
-    };
+    let (handler, mut cancelled) = reporting_cancel(|_| tick_stream(Duration::from_millis(10)));
     server.register(&ticks, handler).await.unwrap();
     let mut responses = client
         .request(&server.address(&ticks), Request::new(&ticks, Bytes::new()))
@@ -785,18 +797,7 @@ async fn a_nats_server_dying_mid_stream_fails_the_stream_naming_the_lost_connect
     let (server, client, echo) =
         nats_echo_with(&nats, NatsServerConfig::default(), client_config).await;
     let ticks = path("ticks");
-    let (cancelled_tx, mut cancelled) = mpsc::channel::<()>(1);
-    let handler = move |_req: Request, cancel: CancellationToken| {
-        let cancelled_tx = cancelled_tx.clone();
-        tokio::spawn(async move {
-            cancel.cancelled().await;
-            let _ = cancelled_tx.send(()).await;
-        });
-        stream::unfold(0u64, |i| async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            Some((Ok(Bytes::from(i.to_string())), i + 1))
-        })
-    };
+    let (handler, mut cancelled) = reporting_cancel(|_| tick_stream(Duration::from_millis(20)));
     server.register(&ticks, handler).await.unwrap();
     let mut responses = client
         .request(&server.address(&ticks), Request::new(&ticks, Bytes::new()))
