@@ -4,6 +4,8 @@
 mod common;
 #[path = "common/nats.rs"]
 mod nats;
+#[path = "common/proxy.rs"]
+mod proxy;
 #[path = "common/request_suite.rs"]
 mod suite;
 
@@ -848,5 +850,59 @@ async fn a_nats_server_dying_mid_stream_fails_the_stream_naming_the_lost_connect
         .await
         .unwrap();
     drop(responses);
+    server.shutdown().await;
+}
+
+/// When only the server's link to NATS drops mid-stream (here through a proxy), the
+/// caller, whose own connection stayed up, gets the server's error marker naming the
+/// lost connection, and the handler is cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_losing_its_nats_link_mid_stream_ends_the_stream_with_an_error() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let proxy = proxy::Proxy::start(([127, 0, 0, 1], nats.port()).into()).await;
+    let worker_link = async_nats::connect(format!("nats://{}", proxy.address()))
+        .await
+        .unwrap();
+    let server = NatsRequestServer::new(worker_link, NatsServerConfig::default())
+        .await
+        .unwrap();
+    let client_config = NatsClientConfig {
+        request_timeout: Duration::from_secs(600),
+    };
+    let client = NatsRequestClient::new(nats_client(&nats).await, client_config)
+        .await
+        .unwrap();
+    let ticks = path("ticks");
+    let (handler, mut cancelled) = reporting_cancel(|_| tick_stream(Duration::from_millis(20)));
+    server.register(&ticks, handler).await.unwrap();
+    let mut responses = client
+        .request(&server.address(&ticks), Request::new(&ticks, Bytes::new()))
+        .await
+        .unwrap();
+    let first = within("the first tick", responses.next()).await.unwrap();
+    assert_eq!(first.unwrap(), Bytes::from_static(b"0"));
+
+    proxy.cut();
+    let err = within("the stream to end", async {
+        loop {
+            match responses.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => break err,
+                None => panic!("the stream ended without an error"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(err.code(), Some(ErrorCode::Internal), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("server's connection to NATS dropped"),
+        "{err}"
+    );
+    within("the handler's token to fire", cancelled.recv())
+        .await
+        .unwrap();
     server.shutdown().await;
 }
