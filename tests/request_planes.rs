@@ -16,7 +16,8 @@ use futures::{StreamExt, stream};
 use planewire::codec::ErrorCode;
 use planewire::config::TcpConfig;
 use planewire::nats_request::{
-    NatsClientConfig, NatsRequestClient, NatsRequestServer, NatsServerConfig, subject,
+    NatsClientConfig, NatsRequestClient, NatsRequestServer, NatsServerConfig, cancel_subject,
+    subject,
 };
 use planewire::planes::{
     EndpointPath, Handler, HandlerError, Request, RequestError, RequestPlaneClient,
@@ -904,5 +905,96 @@ async fn a_server_losing_its_nats_link_mid_stream_ends_the_stream_with_an_error(
     within("the handler's token to fire", cancelled.recv())
         .await
         .unwrap();
+    server.shutdown().await;
+}
+
+/// A NATS request plane server that talks to nats-server through `proxy`, with a short
+/// drain so that a test can shut it down while its handler hangs.
+async fn server_behind(proxy: &proxy::Proxy) -> NatsRequestServer {
+    let link = async_nats::connect(format!("nats://{}", proxy.address()))
+        .await
+        .unwrap();
+    let config = NatsServerConfig {
+        drain_timeout: Duration::from_millis(100),
+        ..NatsServerConfig::default()
+    };
+    NatsRequestServer::new(link, config).await.unwrap()
+}
+
+/// A server that dies mid-stream (its NATS link gone for good, as when its process is
+/// killed) sends nothing more; after a second of silence a probe finds nothing serving
+/// the subject, and the stream fails saying so, long before its 600 s timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_gone_for_good_mid_stream_is_found_by_a_probe() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let proxy = proxy::Proxy::start(([127, 0, 0, 1], nats.port()).into()).await;
+    let server = server_behind(&proxy).await;
+    let client_config = NatsClientConfig {
+        request_timeout: Duration::from_secs(600),
+    };
+    let client = NatsRequestClient::new(nats_client(&nats).await, client_config)
+        .await
+        .unwrap();
+    let hangs = path("hangs");
+    let handler = |_req: Request, _cancel: CancellationToken| {
+        stream::once(async { Ok(Bytes::from_static(b"first")) }).chain(stream::pending())
+    };
+    server.register(&hangs, handler).await.unwrap();
+    let mut responses = client
+        .request(&server.address(&hangs), Request::new(&hangs, Bytes::new()))
+        .await
+        .unwrap();
+    let first = within("the first response", responses.next())
+        .await
+        .unwrap();
+    assert_eq!(first.unwrap(), Bytes::from_static(b"first"));
+
+    drop(proxy);
+    let err = within("the probe to find the server gone", responses.next())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, RequestError::ConnectionLost { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("nothing serves it any more"),
+        "{err}"
+    );
+    assert!(responses.next().await.is_none());
+    server.shutdown().await;
+}
+
+/// Probes do not end a stream whose server is alive but slow: a unary handler taking
+/// 2.5 s (two probes' worth of silence) still gets its answer through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_live_server_passes_the_probes() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let (server, client) = nats_pair(&nats).await;
+    let slow = path("slow");
+    let handler = unary_handler(|_req: Request| async {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        Ok(Bytes::from_static(b"worth the wait"))
+    });
+    server.register(&slow, handler).await.unwrap();
+    let reply = within(
+        "the slow answer",
+        client.unary(&server.address(&slow), Request::new(&slow, Bytes::new())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply, Bytes::from_static(b"worth the wait"));
+    // What a probe gets from a live server: an empty answer on the cancel subject.
+    let probe = nats_client(&nats)
+        .await
+        .request(cancel_subject(&server.address(&slow)), Bytes::new())
+        .await
+        .unwrap();
+    assert!(probe.payload.is_empty());
     server.shutdown().await;
 }

@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
 use async_nats::{
-    Client, HeaderMap as NatsHeaders, Message, PublishErrorKind, StatusCode, Subscriber,
+    Client, HeaderMap as NatsHeaders, Message, PublishErrorKind, RequestErrorKind, StatusCode,
+    Subscriber,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
-use tokio::time::{MissedTickBehavior, Sleep};
+use tokio::time::{Instant, MissedTickBehavior, Sleep};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
@@ -49,12 +50,24 @@ struct Inner {
 /// Open requests by id. Bounded by the caller's concurrency: one entry per live stream.
 type Pending = Mutex<HashMap<u64, Slot>>;
 
-/// How often the router looks at the NATS connection: a connection lost while requests
-/// are open fails their streams within this time, not at their timeout.
+/// How often the router looks at the NATS connection and at silent streams: a connection
+/// lost while requests are open fails their streams within this time, not at their timeout.
 const CONNECTION_CHECK: Duration = Duration::from_millis(100);
+/// Silence after which the router asks whether anything still serves a stream's subject:
+/// a server that died (or lost NATS for good) mid-stream sends nothing, and nats-server
+/// answers "no responders" only to a request.
+const PROBE_AFTER: Duration = Duration::from_secs(1);
+/// How long a probe waits for its answer; no answer in time proves nothing either way.
+const PROBE_PATIENCE: Duration = Duration::from_secs(1);
 
 struct Slot {
     tx: mpsc::Sender<Message>,
+    /// The endpoint subject, for the probe.
+    address: String,
+    /// When the last reply came (or the request went out).
+    last_heard: Instant,
+    /// Whether a probe for this stream is out.
+    probing: bool,
     /// Set when the router gives up on the stream, before it drops `tx`.
     dropped: Arc<OnceLock<Dropped>>,
     /// The client's connection count when the request was sent: a higher count later
@@ -69,6 +82,8 @@ enum Dropped {
     Overflow,
     /// The connection to the NATS server dropped while it was open.
     ConnectionLost,
+    /// A probe after a silence found nothing serving its subject.
+    ServerGone,
 }
 
 impl NatsRequestClient {
@@ -133,7 +148,7 @@ async fn route_replies(
         let message = tokio::select! {
             _ = stop.cancelled() => return,
             _ = check.tick() => {
-                drop_lost_streams(&client, &pending);
+                check_streams(&client, &pending);
                 continue;
             }
             message = replies.next() => match message {
@@ -151,10 +166,11 @@ async fn route_replies(
             continue;
         };
         let mut pending = lock(&pending);
-        let Some(slot) = pending.get(&id) else {
+        let Some(slot) = pending.get_mut(&id) else {
             tracing::trace!("dropping a reply to request {id}, which is no longer open");
             continue;
         };
+        slot.last_heard = Instant::now();
         if let Err(mpsc::error::TrySendError::Full(_)) = slot.tx.try_send(message) {
             let _ = slot.dropped.set(Dropped::Overflow);
             pending.remove(&id);
@@ -165,18 +181,45 @@ async fn route_replies(
 /// Drops the open streams whose replies may have been lost: NATS does not resend what
 /// was published while a connection was down, so a stream that spanned a drop could
 /// otherwise wait for its timeout. Replies already buffered are still delivered first.
-fn drop_lost_streams(client: &Client, pending: &Pending) {
-    let mut pending = lock(pending);
-    if pending.is_empty() {
+/// Probes the streams silent for [`PROBE_AFTER`].
+fn check_streams(client: &Client, pending: &Arc<Pending>) {
+    let mut open = lock(pending);
+    if open.is_empty() {
         return;
     }
-    pending.retain(|_, slot| {
-        let lost = connection_dropped(client, slot.connects);
-        if lost {
+    let now = Instant::now();
+    open.retain(|&id, slot| {
+        if connection_dropped(client, slot.connects) {
             let _ = slot.dropped.set(Dropped::ConnectionLost);
+            return false;
         }
-        !lost
+        if !slot.probing && now.duration_since(slot.last_heard) >= PROBE_AFTER {
+            slot.probing = true;
+            let subject = cancel_subject(&slot.address);
+            tokio::spawn(probe(client.clone(), Arc::clone(pending), id, subject));
+        }
+        true
     });
+}
+
+/// Asks whether anything serves the cancel subject of stream `id` (servers answer a
+/// cancel that has a reply subject); ends the stream when nats-server says no one does.
+async fn probe(client: Client, pending: Arc<Pending>, id: u64, subject: String) {
+    let answer = tokio::time::timeout(PROBE_PATIENCE, client.request(subject, Bytes::new())).await;
+    let mut open = lock(&pending);
+    let Some(slot) = open.get_mut(&id) else {
+        return;
+    };
+    match answer {
+        Ok(Err(err)) if err.kind() == RequestErrorKind::NoResponders => {
+            let _ = slot.dropped.set(Dropped::ServerGone);
+            open.remove(&id);
+        }
+        _ => {
+            slot.probing = false;
+            slot.last_heard = Instant::now();
+        }
+    }
 }
 
 impl RequestPlaneClient for NatsRequestClient {
@@ -208,6 +251,9 @@ impl RequestPlaneClient for NatsRequestClient {
             id,
             Slot {
                 tx,
+                address: address.to_owned(),
+                last_heard: Instant::now(),
+                probing: false,
                 dropped: dropped.clone(),
                 connects: connects(&inner.client),
             },
@@ -422,6 +468,14 @@ impl Stream for NatsResponses {
                                  was open, and NATS does not resend replies published \
                                  meanwhile (the client reconnects by itself: retry)"
                             .to_owned(),
+                    },
+                    Some(Dropped::ServerGone) => RequestError::ConnectionLost {
+                        address: this.address.clone(),
+                        reason: format!(
+                            "nothing serves it any more: its server stopped or lost NATS for \
+                             good while the request was open (a probe after {PROBE_AFTER:?} \
+                             without a response found no subscriber)"
+                        ),
                     },
                     None => RequestError::ClientClosed,
                 };

@@ -28,7 +28,9 @@
 //!   open ends its stream with `ConnectionLost` within 100 ms and sends the cancel, which
 //!   waits in its buffer until it reconnects. A server whose connection dropped while a
 //!   request was open cancels the handler before its next response and sends an error
-//!   marker (`Internal`, naming the lost connection) instead.
+//!   marker (`Internal`, naming the lost connection) instead. A stream silent for 1 s is
+//!   probed with a request to the cancel subject, which servers answer; "no responders"
+//!   ends it with `ConnectionLost` (its server is gone).
 //! - **No responders.** When nothing subscribes to the subject, nats-server answers the
 //!   reply subject with status 503; the client reports `UnknownEndpoint` at once.
 //! - **max_payload.** A request larger than the server's `max_payload` is refused before

@@ -230,7 +230,7 @@ impl EndpointTask {
                     Some(request) => self.dispatch(request).await,
                     None => break,
                 },
-                Some(cancel) = cancels.next() => self.cancel(&cancel.payload),
+                Some(cancel) = cancels.next() => self.cancel(cancel).await,
             }
         }
         if let Err(err) = requests.stop().await {
@@ -251,13 +251,21 @@ impl EndpointTask {
         loop {
             tokio::select! {
                 _ = &mut idle => break,
-                Some(cancel) = cancels.next() => self.cancel(&cancel.payload),
+                Some(cancel) = cancels.next() => self.cancel(cancel).await,
             }
         }
     }
 
-    fn cancel(&self, reply: &[u8]) {
-        let Ok(reply) = std::str::from_utf8(reply) else {
+    /// Fires the token of the request whose reply subject `message` carries. A message
+    /// with a reply subject of its own is a client's probe ("is anyone serving this?"):
+    /// it gets an empty answer.
+    async fn cancel(&self, message: async_nats::Message) {
+        if let Some(probe) = message.reply {
+            if let Err(err) = self.shared.client.publish(probe, Bytes::new()).await {
+                tracing::debug!("cannot answer a probe: {err}");
+            }
+        }
+        let Ok(reply) = std::str::from_utf8(&message.payload) else {
             tracing::debug!("dropping a cancel that is not UTF-8");
             return;
         };
