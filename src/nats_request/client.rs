@@ -133,8 +133,8 @@ impl NatsRequestClient {
 }
 
 /// Hands each reply to its stream. Never waits on a stream: a full buffer drops the
-/// request (its stream reports the overflow). Every [`CONNECTION_CHECK`] it drops the
-/// streams whose connection was lost since their request went out.
+/// request (its stream reports the overflow). Every [`CONNECTION_CHECK`] it looks over
+/// the open streams ([`check_streams`]).
 async fn route_replies(
     mut replies: Subscriber,
     client: Client,
