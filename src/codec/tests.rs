@@ -672,3 +672,66 @@ fn a_large_frame_gets_a_buffer_of_its_exact_size() {
         "no large buffer is kept"
     );
 }
+
+/// One frame of [`frames_split_off_a_spare_are_never_overwritten`]: large (over 2 MiB,
+/// so it takes the large-buffer path) or small, and whether the test keeps it.
+#[derive(Debug, Clone)]
+struct SpareCase {
+    large: bool,
+    /// Bytes over 2 MiB of a large frame, so sizes differ and some do not fit the spare.
+    extra: usize,
+    keep: bool,
+}
+
+fn spare_case() -> impl Strategy<Value = SpareCase> {
+    (any::<bool>(), 0usize..(1 << 20), any::<bool>()).prop_map(|(large, extra, keep)| SpareCase {
+        large,
+        extra,
+        keep,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Whatever mix of large and small frames, read sizes and frames kept alive: every
+    /// frame keeps its own bytes to the end (a spare is reused only once nothing split
+    /// off it is alive), and the decoder holds one spare at most.
+    #[test]
+    fn frames_split_off_a_spare_are_never_overwritten(
+        cases in proptest::collection::vec(spare_case(), 1..8),
+        read in (64usize * 1024)..(1 << 20),
+    ) {
+        let mut wire = BytesMut::new();
+        for (i, case) in cases.iter().enumerate() {
+            let len = if case.large { (2 << 20) + case.extra } else { 100 };
+            let frame = Frame::Data {
+                stream_id: i as u64,
+                payload: Bytes::from(vec![i as u8; len]),
+            };
+            encode_frame(&frame, MAX, &mut wire).unwrap();
+        }
+        let mut dec = FrameDecoder::new(MAX, INITIAL_READ_CAPACITY).with_spare();
+        let mut buf = dec.new_buffer();
+        let mut kept = Vec::new();
+        for chunk in wire.chunks(read) {
+            buf.extend_from_slice(chunk);
+            while let Some(frame) = dec.decode_frame(&mut buf).unwrap() {
+                let i = frame.stream_id() as usize;
+                prop_assert!(frame.payload().iter().all(|&b| b == i as u8));
+                if cases[i].keep {
+                    kept.push(frame);
+                }
+                prop_assert!(dec.spare_capacity() <= MAX);
+            }
+        }
+        prop_assert!(buf.is_empty());
+        for frame in &kept {
+            let i = frame.stream_id() as usize;
+            prop_assert!(
+                frame.payload().iter().all(|&b| b == i as u8),
+                "frame {} was overwritten", i
+            );
+        }
+    }
+}
