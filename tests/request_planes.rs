@@ -16,8 +16,8 @@ use futures::{StreamExt, stream};
 use planewire::codec::ErrorCode;
 use planewire::config::TcpConfig;
 use planewire::nats_request::{
-    NatsClientConfig, NatsRequestClient, NatsRequestServer, NatsServerConfig, cancel_subject,
-    subject,
+    NatsClientConfig, NatsRequestClient, NatsRequestServer, NatsResponses, NatsServerConfig,
+    cancel_subject, subject,
 };
 use planewire::planes::{
     EndpointPath, Handler, HandlerError, Request, RequestError, RequestPlaneClient,
@@ -786,21 +786,25 @@ async fn a_panicking_handler_is_an_internal_error_and_unregister_stops_routing()
     server.shutdown().await;
 }
 
-/// nats-server going away mid-stream fails the open stream with an error naming the lost
-/// connection, not a timeout (the timeout here is far beyond the test's patience), and
-/// the same client serves requests again once the server is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nats_server_dying_mid_stream_fails_the_stream_naming_the_lost_connection() {
-    let Some(mut nats) = NatsServer::start() else {
-        return;
-    };
-    let client_config = NatsClientConfig {
+/// A client that waits far longer than any test (600 s): a stream that fails did not
+/// time out.
+async fn patient_client(nats: &NatsServer) -> NatsRequestClient {
+    let config = NatsClientConfig {
         request_timeout: Duration::from_secs(600),
     };
-    let (server, client, echo) =
-        nats_echo_with(&nats, NatsServerConfig::default(), client_config).await;
+    NatsRequestClient::new(nats_client(nats).await, config)
+        .await
+        .unwrap()
+}
+
+/// Registers an endpoint ticking every 20 ms on `server`, calls it and reads the first
+/// tick; returns the open stream and what hears the handler's cancellation.
+async fn ticking(
+    server: &NatsRequestServer,
+    client: &NatsRequestClient,
+) -> (NatsResponses, mpsc::Receiver<()>) {
     let ticks = path("ticks");
-    let (handler, mut cancelled) = reporting_cancel(|_| tick_stream(Duration::from_millis(20)));
+    let (handler, cancelled) = reporting_cancel(|_| tick_stream(Duration::from_millis(20)));
     server.register(&ticks, handler).await.unwrap();
     let mut responses = client
         .request(&server.address(&ticks), Request::new(&ticks, Bytes::new()))
@@ -808,9 +812,12 @@ async fn a_nats_server_dying_mid_stream_fails_the_stream_naming_the_lost_connect
         .unwrap();
     let first = within("the first tick", responses.next()).await.unwrap();
     assert_eq!(first.unwrap(), Bytes::from_static(b"0"));
+    (responses, cancelled)
+}
 
-    nats.stop();
-    let err = within("the stream to fail", async {
+/// The error that ends `responses`, skipping the ticks before it.
+async fn final_error(responses: &mut NatsResponses) -> RequestError {
+    within("the stream to fail", async {
         loop {
             match responses.next().await {
                 Some(Ok(_)) => continue,
@@ -819,7 +826,23 @@ async fn a_nats_server_dying_mid_stream_fails_the_stream_naming_the_lost_connect
             }
         }
     })
-    .await;
+    .await
+}
+
+/// nats-server going away mid-stream fails the open stream with an error naming the lost
+/// connection, not a timeout (the timeout here is far beyond the test's patience), and
+/// the same client serves requests again once the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_dying_mid_stream_fails_the_stream_naming_the_lost_connection() {
+    let Some(mut nats) = NatsServer::start() else {
+        return;
+    };
+    let (server, _, echo) = nats_echo(&nats).await;
+    let client = patient_client(&nats).await;
+    let (mut responses, mut cancelled) = ticking(&server, &client).await;
+
+    nats.stop();
+    let err = final_error(&mut responses).await;
     assert!(
         matches!(err, RequestError::ConnectionLost { .. }),
         "{err:?}"
@@ -863,39 +886,12 @@ async fn a_server_losing_its_nats_link_mid_stream_ends_the_stream_with_an_error(
         return;
     };
     let proxy = proxy::Proxy::start(([127, 0, 0, 1], nats.port()).into()).await;
-    let worker_link = async_nats::connect(format!("nats://{}", proxy.address()))
-        .await
-        .unwrap();
-    let server = NatsRequestServer::new(worker_link, NatsServerConfig::default())
-        .await
-        .unwrap();
-    let client_config = NatsClientConfig {
-        request_timeout: Duration::from_secs(600),
-    };
-    let client = NatsRequestClient::new(nats_client(&nats).await, client_config)
-        .await
-        .unwrap();
-    let ticks = path("ticks");
-    let (handler, mut cancelled) = reporting_cancel(|_| tick_stream(Duration::from_millis(20)));
-    server.register(&ticks, handler).await.unwrap();
-    let mut responses = client
-        .request(&server.address(&ticks), Request::new(&ticks, Bytes::new()))
-        .await
-        .unwrap();
-    let first = within("the first tick", responses.next()).await.unwrap();
-    assert_eq!(first.unwrap(), Bytes::from_static(b"0"));
+    let server = server_behind(&proxy).await;
+    let client = patient_client(&nats).await;
+    let (mut responses, mut cancelled) = ticking(&server, &client).await;
 
     proxy.cut();
-    let err = within("the stream to end", async {
-        loop {
-            match responses.next().await {
-                Some(Ok(_)) => continue,
-                Some(Err(err)) => break err,
-                None => panic!("the stream ended without an error"),
-            }
-        }
-    })
-    .await;
+    let err = final_error(&mut responses).await;
     assert_eq!(err.code(), Some(ErrorCode::Internal), "{err:?}");
     assert!(
         err.to_string()
@@ -931,12 +927,7 @@ async fn a_server_gone_for_good_mid_stream_is_found_by_a_probe() {
     };
     let proxy = proxy::Proxy::start(([127, 0, 0, 1], nats.port()).into()).await;
     let server = server_behind(&proxy).await;
-    let client_config = NatsClientConfig {
-        request_timeout: Duration::from_secs(600),
-    };
-    let client = NatsRequestClient::new(nats_client(&nats).await, client_config)
-        .await
-        .unwrap();
+    let client = patient_client(&nats).await;
     let hangs = path("hangs");
     let handler = |_req: Request, _cancel: CancellationToken| {
         stream::once(async { Ok(Bytes::from_static(b"first")) }).chain(stream::pending())
