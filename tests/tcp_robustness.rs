@@ -214,10 +214,21 @@ impl Killable {
         self.server.local_addr()
     }
 
-    fn kill(self) {
+    /// Stops the server as a dying process would, and returns once its port refuses
+    /// connections: `shutdown_background` drops the runtime's tasks, the listener among
+    /// them, on another thread, and until then the kernel still accepts connections,
+    /// which it resets later.
+    async fn kill(self) {
+        let addr = self.addr();
         let Killable { runtime, server } = self;
         runtime.shutdown_background();
         drop(server);
+        within("the killed server's port to close", async {
+            while tokio::net::TcpStream::connect(addr).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
     }
 }
 
@@ -232,7 +243,7 @@ async fn killed_server_ends_streams_with_connection_lost_and_a_restart_is_used()
         .await
         .unwrap();
     assert_eq!(stream.next().await.unwrap().unwrap(), "0");
-    first.kill();
+    first.kill().await;
     let err = within("the stream to fail", async {
         loop {
             match stream.next().await {
@@ -262,7 +273,7 @@ async fn killed_server_ends_streams_with_connection_lost_and_a_restart_is_used()
     .await
     .unwrap();
     assert_eq!(reply, "back");
-    second.kill();
+    second.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
