@@ -124,6 +124,16 @@ impl FrameDecoder {
         parse_frame(header, bytes).map(Some)
     }
 
+    /// Makes sure the next read into `src` has at least `min_space` bytes of room. Call it
+    /// after [`decode_frame`](Self::decode_frame) returned `Ok(None)`: once a frame's
+    /// header is in, the decoder has already reserved room for the whole frame, and
+    /// topping up then would reallocate (and copy) a buffer sized to that frame.
+    pub fn reserve_for_read(&self, src: &mut BytesMut, min_space: usize) {
+        if src.len() < HEADER_LEN && src.capacity() - src.len() < min_space {
+            src.reserve(min_space);
+        }
+    }
+
     /// Called at end of input: leftover bytes mean the peer closed mid-frame.
     pub fn check_eof(&self, src: &BytesMut) -> Result<(), CodecError> {
         if src.is_empty() {

@@ -9,7 +9,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::codec::{CodecError, Frame, FrameDecoder, HEADER_LEN, WriteQueue};
+use crate::codec::{CodecError, Frame, FrameDecoder, WriteQueue};
 
 /// Free space below which the read buffer is topped up before a `read`.
 const MIN_READ_SPACE: usize = 4096;
@@ -56,12 +56,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = decoded? {
                 return Ok(Some(frame));
             }
-            // Past a whole header the decoder has made room for the rest of the frame;
-            // topping up then would grow a large buffer sized to its frame.
-            if self.buf.len() < HEADER_LEN && self.buf.capacity() - self.buf.len() < MIN_READ_SPACE
-            {
-                self.buf.reserve(MIN_READ_SPACE);
-            }
+            self.decoder.reserve_for_read(&mut self.buf, MIN_READ_SPACE);
             let read = self.io.read_buf(&mut self.buf);
             let read = match spare_deadline {
                 None => read.await?,
