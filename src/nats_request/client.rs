@@ -63,7 +63,7 @@ const PROBE_PATIENCE: Duration = Duration::from_secs(1);
 struct Slot {
     tx: mpsc::Sender<Message>,
     /// The endpoint subject, for the probe.
-    address: String,
+    address: Arc<str>,
     /// When the last reply came (or the request went out).
     last_heard: Instant,
     /// Whether a probe for this stream is out.
@@ -247,11 +247,14 @@ impl RequestPlaneClient for NatsRequestClient {
         let reply = format!("{}.{id}", inner.inbox);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let dropped = Arc::new(OnceLock::new());
+        // One copy of the subject, shared by the stream (for errors and the cancel) and
+        // its slot (for the probe).
+        let subject: Arc<str> = Arc::from(address);
         lock(&inner.pending).insert(
             id,
             Slot {
                 tx,
-                address: address.to_owned(),
+                address: Arc::clone(&subject),
                 last_heard: Instant::now(),
                 probing: false,
                 dropped: dropped.clone(),
@@ -263,7 +266,7 @@ impl RequestPlaneClient for NatsRequestClient {
             id,
             rx,
             dropped,
-            address: address.to_owned(),
+            address: subject,
             reply: reply.clone(),
             next_seq: 0,
             timeout,
@@ -346,7 +349,7 @@ pub struct NatsResponses {
     id: u64,
     rx: mpsc::Receiver<Message>,
     dropped: Arc<OnceLock<Dropped>>,
-    address: String,
+    address: Arc<str>,
     reply: String,
     next_seq: u64,
     timeout: Duration,
@@ -417,7 +420,7 @@ impl NatsResponses {
     fn abandon(&mut self, reason: String) -> RequestError {
         self.give_up();
         RequestError::ConnectionLost {
-            address: self.address.clone(),
+            address: self.address.to_string(),
             reason,
         }
     }
@@ -463,14 +466,14 @@ impl Stream for NatsResponses {
                         buffered: STREAM_BUFFER,
                     },
                     Some(Dropped::ConnectionLost) => RequestError::ConnectionLost {
-                        address: this.address.clone(),
+                        address: this.address.to_string(),
                         reason: "the connection to the NATS server dropped while the request \
                                  was open, and NATS does not resend replies published \
                                  meanwhile (the client reconnects by itself: retry)"
                             .to_owned(),
                     },
                     Some(Dropped::ServerGone) => RequestError::ConnectionLost {
-                        address: this.address.clone(),
+                        address: this.address.to_string(),
                         reason: format!(
                             "nothing serves it any more: its server stopped or lost NATS for \
                              good while the request was open (a probe after {PROBE_AFTER:?} \
