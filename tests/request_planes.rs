@@ -386,15 +386,7 @@ async fn nats_shutdown_drains_an_in_flight_request() {
     });
     server.register(&slow, handler).await.unwrap();
     let address = server.address(&slow);
-    let call = tokio::spawn({
-        let client = client.clone();
-        let address = address.clone();
-        async move {
-            client
-                .unary(&address, Request::new(&path("slow"), Bytes::new()))
-                .await
-        }
-    });
+    let call = spawn_unary(&client, address.clone(), slow.clone());
     within("the handler to start", started.recv())
         .await
         .unwrap();
@@ -411,6 +403,20 @@ async fn nats_shutdown_drains_an_in_flight_request() {
     .await
     .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::UnknownEndpoint), "got {err}");
+}
+
+/// Calls `path` at `address` in a task of its own, so the test can act while it runs.
+fn spawn_unary(
+    client: &NatsRequestClient,
+    address: String,
+    path: EndpointPath,
+) -> tokio::task::JoinHandle<Result<Bytes, RequestError>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        client
+            .unary(&address, Request::new(&path, Bytes::new()))
+            .await
+    })
 }
 
 /// A handler still running when the drain timeout passes is cancelled, and its caller
@@ -436,15 +442,7 @@ async fn nats_shutdown_cancels_what_outlives_the_drain_timeout() {
         })
     });
     server.register(&stuck, handler).await.unwrap();
-    let address = server.address(&stuck);
-    let call = tokio::spawn({
-        let client = client.clone();
-        async move {
-            client
-                .unary(&address, Request::new(&path("stuck"), Bytes::new()))
-                .await
-        }
-    });
+    let call = spawn_unary(&client, server.address(&stuck), stuck.clone());
     within("the handler to start", started.recv())
         .await
         .unwrap();

@@ -16,6 +16,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::{path, within};
 
+/// Every item of the stream `client` gets from the endpoint at `address`, each unwrapped.
+async fn all_items<C: RequestPlaneClient>(
+    client: &C,
+    address: &str,
+    path: &EndpointPath,
+) -> Vec<Bytes> {
+    let responses = client
+        .request(address, Request::new(path, Bytes::new()))
+        .await
+        .unwrap();
+    responses.map(Result::unwrap).collect().await
+}
+
 async fn register_echo<S: RequestPlaneServer>(server: &S, endpoint: &str) -> EndpointPath {
     let path = path(endpoint);
     server
@@ -52,13 +65,10 @@ pub async fn streaming_in_order<S, C>(
         stream::iter((0..16).map(|i| Ok(Bytes::from(format!("item {i}")))))
     };
     server.register(&path, handler).await.unwrap();
-    let items: Vec<Bytes> = within("a 16-item stream", async {
-        let responses = client
-            .request(&address(&path), Request::new(&path, Bytes::new()))
-            .await
-            .unwrap();
-        responses.map(Result::unwrap).collect().await
-    })
+    let items = within(
+        "a 16-item stream",
+        all_items(client, &address(&path), &path),
+    )
     .await;
     let expected: Vec<Bytes> = (0..16).map(|i| Bytes::from(format!("item {i}"))).collect();
     assert_eq!(items, expected);
@@ -238,17 +248,9 @@ pub async fn paced_stream_and_empty_stream<S, C>(
     let nothing = |_req: Request, _cancel: CancellationToken| stream::empty();
     server.register(&empty, nothing).await.unwrap();
     within("the paced and empty streams", async {
-        let responses = client
-            .request(&address(&paced), Request::new(&paced, Bytes::new()))
-            .await
-            .unwrap();
-        let items: Vec<Bytes> = responses.map(Result::unwrap).collect().await;
+        let items = all_items(client, &address(&paced), &paced).await;
         assert_eq!(items, ["item 0", "item 1", "item 2"]);
-        let responses = client
-            .request(&address(&empty), Request::new(&empty, Bytes::new()))
-            .await
-            .unwrap();
-        let items: Vec<Bytes> = responses.map(Result::unwrap).collect().await;
+        let items = all_items(client, &address(&empty), &empty).await;
         assert!(items.is_empty(), "{items:?}");
     })
     .await;
