@@ -38,23 +38,16 @@ impl Transport for Inproc {
         &'a self,
         scope: &'a EventScope,
         topic: &'a str,
-        durable: Option<&'a str>,
         queue: Arc<SubscriberQueue>,
     ) -> BoxFuture<'a, Result<SubscriptionGuard, EventError>> {
-        let result = match durable {
-            Some(_) => Err(EventError::DurableUnsupported { plane: "inproc" }),
-            None => {
-                // The subscription owns the queue; the bus only holds it weakly and
-                // forgets it on the first publish after it is dropped.
-                lock(&self.bus)
-                    .entry(scope.subject(topic))
-                    .or_default()
-                    .push(Arc::downgrade(&queue));
-                let guard: SubscriptionGuard = Box::new(());
-                Ok(guard)
-            }
-        };
-        futures::future::ready(result).boxed()
+        // The subscription owns the queue; the bus only holds it weakly and forgets it
+        // on the first publish after it is dropped.
+        lock(&self.bus)
+            .entry(scope.subject(topic))
+            .or_default()
+            .push(Arc::downgrade(&queue));
+        let guard: SubscriptionGuard = Box::new(());
+        futures::future::ready(Ok(guard)).boxed()
     }
 }
 

@@ -60,14 +60,27 @@ trait Transport: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Box<dyn EventSink>, EventError>>;
 
     /// Starts delivering `scope`'s `topic` into `queue` until the guard is dropped.
-    /// `durable` names a subscription that resumes where it left off.
     fn subscribe<'a>(
         &'a self,
         scope: &'a EventScope,
         topic: &'a str,
-        durable: Option<&'a str>,
         queue: Arc<SubscriberQueue>,
     ) -> BoxFuture<'a, Result<SubscriptionGuard, EventError>>;
+
+    /// Like `subscribe`, but the subscription `name` resumes where it left off. Only a
+    /// transport that stores events has it; the others refuse, naming themselves.
+    fn subscribe_durable<'a>(
+        &'a self,
+        _scope: &'a EventScope,
+        _topic: &'a str,
+        _name: &'a str,
+        _queue: Arc<SubscriberQueue>,
+    ) -> BoxFuture<'a, Result<SubscriptionGuard, EventError>> {
+        let plane = self.kind().as_str();
+        futures::FutureExt::boxed(futures::future::ready(Err(
+            EventError::DurableUnsupported { plane },
+        )))
+    }
 }
 
 /// Sends one publisher's events, in the order given.
@@ -308,9 +321,20 @@ impl EventSubscriber {
         scope::check_topic(topic)?;
         let label = format!("{}:{topic}", self.scope);
         let queue = SubscriberQueue::new(self.plane.subscriber_buffer, label);
-        let guard = transport
-            .subscribe(&self.scope, topic, durable, Arc::clone(&queue))
-            .await?;
+        let scope = &self.scope;
+        let guard = match durable {
+            None => {
+                transport
+                    .subscribe(scope, topic, Arc::clone(&queue))
+                    .await?
+            }
+            Some(name) => {
+                let queue = Arc::clone(&queue);
+                transport
+                    .subscribe_durable(scope, topic, name, queue)
+                    .await?
+            }
+        };
         Ok(Subscription::new(queue, guard))
     }
 

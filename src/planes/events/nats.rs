@@ -67,7 +67,7 @@ impl Nats {
         Ok(Box::new(AbortOnDropHandle::new(task)))
     }
 
-    async fn subscribe_durable(
+    async fn subscribe_jetstream(
         &self,
         jetstream: &jetstream::Context,
         scope: &EventScope,
@@ -145,20 +145,26 @@ impl Transport for Nats {
         &'a self,
         scope: &'a EventScope,
         topic: &'a str,
-        durable: Option<&'a str>,
+        queue: Arc<SubscriberQueue>,
+    ) -> BoxFuture<'a, Result<SubscriptionGuard, EventError>> {
+        self.subscribe_core(scope, topic, queue).boxed()
+    }
+
+    fn subscribe_durable<'a>(
+        &'a self,
+        scope: &'a EventScope,
+        topic: &'a str,
+        name: &'a str,
         queue: Arc<SubscriberQueue>,
     ) -> BoxFuture<'a, Result<SubscriptionGuard, EventError>> {
         async move {
-            match (durable, &self.jetstream) {
-                (None, _) => self.subscribe_core(scope, topic, queue).await,
-                (Some(name), Some(jetstream)) => {
-                    self.subscribe_durable(jetstream, scope, topic, name, queue)
-                        .await
-                }
-                (Some(_), None) => Err(EventError::DurableUnsupported {
+            let Some(jetstream) = &self.jetstream else {
+                return Err(EventError::DurableUnsupported {
                     plane: "nats with DYN_EVENT_PLANE_DURABLE off",
-                }),
-            }
+                });
+            };
+            self.subscribe_jetstream(jetstream, scope, topic, name, queue)
+                .await
         }
         .boxed()
     }

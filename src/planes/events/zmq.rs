@@ -105,13 +105,9 @@ impl Transport for Zmq {
         &'a self,
         scope: &'a EventScope,
         topic: &'a str,
-        durable: Option<&'a str>,
         queue: Arc<SubscriberQueue>,
     ) -> BoxFuture<'a, Result<SubscriptionGuard, EventError>> {
         async move {
-            if durable.is_some() {
-                return Err(EventError::DurableUnsupported { plane: PLANE });
-            }
             let prefix = scope.channels_prefix();
             // Watching before returning makes an unreachable backend an error here.
             let watch = self.discovery.store().watch(&prefix).await?;
