@@ -5,16 +5,15 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt;
 
-use super::driver::Caller;
+use super::plane::PlaneCaller;
 use super::{BenchError, echo_handler};
 use crate::codec::Utf8Bytes;
 use crate::config::NatsConfig;
 use crate::nats_request::{
     NatsClientConfig, NatsRequestClient, NatsRequestServer, NatsServerConfig, subject,
 };
-use crate::planes::{EndpointPath, Request, RequestPlaneClient, RequestPlaneServer};
+use crate::planes::{EndpointPath, RequestPlaneServer};
 
 const SYSTEM: &str = "planewire nats";
 
@@ -57,54 +56,24 @@ impl NatsPlane {
         })
     }
 
-    pub fn callers(&self, payload: &Bytes, concurrency: usize) -> Vec<NatsCaller> {
+    pub fn callers(
+        &self,
+        payload: &Bytes,
+        concurrency: usize,
+    ) -> Vec<PlaneCaller<NatsRequestClient>> {
         (0..concurrency)
-            .map(|_| NatsCaller {
+            .map(|_| PlaneCaller {
+                system: SYSTEM,
                 client: Arc::clone(&self.client),
-                subject: Arc::clone(&self.subject),
+                address: Arc::clone(&self.subject),
                 path: self.path.clone(),
                 payload: payload.clone(),
+                responses: 1,
             })
             .collect()
     }
 
     pub async fn shutdown(self) {
         self.server.shutdown().await;
-    }
-}
-
-#[derive(Clone)]
-pub(crate) struct NatsCaller {
-    client: Arc<NatsRequestClient>,
-    subject: Arc<str>,
-    path: Utf8Bytes,
-    payload: Bytes,
-}
-
-impl Caller for NatsCaller {
-    async fn call(&mut self) -> Result<(), BenchError> {
-        let request = Request::new(self.path.clone(), self.payload.clone());
-        let mut responses = self.client.request(&self.subject, request).await?;
-        let mut received = 0;
-        while let Some(response) = responses.next().await {
-            let len = response?.len();
-            if len != self.payload.len() {
-                return Err(BenchError::BadResponse {
-                    system: SYSTEM,
-                    detail: format!(
-                        "a {len}-byte response to a {}-byte request",
-                        self.payload.len()
-                    ),
-                });
-            }
-            received += 1;
-        }
-        if received != 1 {
-            return Err(BenchError::BadResponse {
-                system: SYSTEM,
-                detail: format!("{received} responses to a unary request"),
-            });
-        }
-        Ok(())
     }
 }

@@ -12,7 +12,7 @@ use super::driver::Caller;
 use super::{BenchError, echo_handler};
 use crate::codec::{HEADER_LEN, Utf8Bytes};
 use crate::config::TcpConfig;
-use crate::planes::{EndpointPath, Request, RequestPlaneServer};
+use crate::planes::{EndpointPath, Request, RequestPlaneClient, RequestPlaneServer};
 use crate::tcp::{ServerConfig, TcpClient, TcpServer};
 
 const SYSTEM: &str = "planewire";
@@ -77,10 +77,11 @@ impl Planewire {
         payload: &Bytes,
         responses: usize,
         concurrency: usize,
-    ) -> Vec<PlaneCaller> {
+    ) -> Vec<PlaneCaller<TcpClient>> {
         let path = self.path(responses).await;
         (0..concurrency)
             .map(|_| PlaneCaller {
+                system: SYSTEM,
                 client: Arc::clone(&self.client),
                 address: Arc::clone(&self.address),
                 path: path.clone(),
@@ -95,20 +96,40 @@ impl Planewire {
     }
 }
 
-#[derive(Clone)]
-pub(crate) struct PlaneCaller {
-    client: Arc<TcpClient>,
-    address: Arc<str>,
-    path: Utf8Bytes,
-    payload: Bytes,
-    responses: usize,
+/// One caller of an echo endpoint on any request plane: sends the payload and checks
+/// that `responses` responses of the same size come back.
+pub(crate) struct PlaneCaller<C> {
+    pub(super) system: &'static str,
+    pub(super) client: Arc<C>,
+    pub(super) address: Arc<str>,
+    pub(super) path: Utf8Bytes,
+    pub(super) payload: Bytes,
+    pub(super) responses: usize,
 }
 
-impl Caller for PlaneCaller {
+// By hand: a derive would want `C: Clone`, but only the `Arc` is cloned.
+impl<C> Clone for PlaneCaller<C> {
+    fn clone(&self) -> Self {
+        Self {
+            system: self.system,
+            client: Arc::clone(&self.client),
+            address: Arc::clone(&self.address),
+            path: self.path.clone(),
+            payload: self.payload.clone(),
+            responses: self.responses,
+        }
+    }
+}
+
+impl<C: RequestPlaneClient + 'static> Caller for PlaneCaller<C> {
     async fn call(&mut self) -> Result<(), BenchError> {
         // Path and payload clones are reference-count bumps: nothing is copied per request.
         let request = Request::new(self.path.clone(), self.payload.clone());
-        let mut responses = self.client.call(&self.address, request).await?;
+        let mut responses = self.client.request(&self.address, request).await?;
+        let bad = |detail| BenchError::BadResponse {
+            system: self.system,
+            detail,
+        };
         let mut received = 0;
         while let Some(response) = responses.next().await {
             let len = response?.len();
@@ -127,12 +148,5 @@ impl Caller for PlaneCaller {
             )));
         }
         Ok(())
-    }
-}
-
-fn bad(detail: String) -> BenchError {
-    BenchError::BadResponse {
-        system: SYSTEM,
-        detail,
     }
 }
