@@ -177,13 +177,25 @@ fn routing_spreads_calls_and_survives_a_killed_worker() {
     }
 
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let client = runtime.block_on(endpoint_client(&setup));
+    let (client, tcp) = runtime.block_on(endpoint_client(&setup));
     // Warm: a pooled connection to every worker, so the kill breaks a live one.
     let warm = runtime.block_on(tally_in_process(&client, 30));
     assert_eq!(warm.len(), 3, "{warm:?}");
 
     servers[2].process.kill();
-    let killed = servers.remove(2).instance;
+    let dead = servers.remove(2);
+    let killed = dead.instance;
+    // A request written before the client has read the dead worker's EOF is lost with
+    // the connection, and is not retried (the worker may have run it). Wait, as a
+    // frontend between requests would, until the client has seen the connection close.
+    let closed = async {
+        while tcp.connection_count(&dead.address) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    runtime
+        .block_on(async { tokio::time::timeout(PATIENCE, closed).await })
+        .expect("the client sees the dead worker's connection close");
     let after = runtime.block_on(tally_in_process(&client, 300));
     assert_eq!(after.get("c"), None, "{after:?}");
     assert_eq!(after.values().sum::<usize>(), 300, "{after:?}");
@@ -220,8 +232,8 @@ fn tally<S: AsRef<str>>(lines: impl IntoIterator<Item = S>) -> BTreeMap<String, 
     counts
 }
 
-/// A frontend in this process, on the same file store as the children.
-async fn endpoint_client(setup: &Setup) -> EndpointClient {
+/// A frontend in this process, on the same file store as the children, and its TCP client.
+async fn endpoint_client(setup: &Setup) -> (EndpointClient, Arc<TcpClient>) {
     let config = DiscoveryConfig {
         backend: DiscoveryBackend::File,
         file_dir: setup.file_dir().expect("file backend").to_owned(),
@@ -235,16 +247,18 @@ async fn endpoint_client(setup: &Setup) -> EndpointClient {
         ..TcpConfig::default()
     })
     .expect("tcp client");
-    EndpointClient::new(
+    let tcp = Arc::new(tcp);
+    let client = EndpointClient::new(
         &discovery,
         "test",
         "cli",
         "route",
-        Arc::new(tcp),
+        Arc::clone(&tcp),
         Default::default(),
     )
     .await
-    .expect("endpoint client")
+    .expect("endpoint client");
+    (client, tcp)
 }
 
 /// `count` calls one after another; every one must succeed.
