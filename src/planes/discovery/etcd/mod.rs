@@ -23,6 +23,7 @@ use crate::config::invalid;
 
 /// gRPC status codes etcd answers with (from the gRPC spec).
 mod code {
+    pub const UNKNOWN: i32 = 2;
     pub const DEADLINE_EXCEEDED: i32 = 4;
     pub const NOT_FOUND: i32 = 5;
     pub const PERMISSION_DENIED: i32 = 7;
@@ -144,7 +145,12 @@ impl Connection {
                         target: self.target.clone(),
                         source: Box::new(err),
                     }
-                } else if code == code::UNAVAILABLE {
+                } else if code == code::UNAVAILABLE
+                    // tonic's own status for a connection that broke mid-request (code
+                    // Unknown, the transport error as its source; a status etcd sent
+                    // has no source): etcd was not reached either.
+                    || (code == code::UNKNOWN && std::error::Error::source(status).is_some())
+                {
                     unavailable(err)
                 } else if code == code::DEADLINE_EXCEEDED {
                     self.timeout(self.request_timeout)
