@@ -19,6 +19,8 @@ pub const ENV_REQUEST_TIMEOUT: &str = "DYN_TCP_REQUEST_TIMEOUT";
 pub const ENV_POOL_SIZE: &str = "DYN_TCP_POOL_SIZE";
 pub const ENV_CONNECT_TIMEOUT: &str = "DYN_TCP_CONNECT_TIMEOUT";
 pub const ENV_CHANNEL_BUFFER: &str = "DYN_TCP_CHANNEL_BUFFER";
+pub const ENV_FRAME_TIMEOUT: &str = "DYN_TCP_FRAME_TIMEOUT";
+pub const ENV_IDLE_TIMEOUT: &str = "DYN_TCP_IDLE_TIMEOUT";
 
 const MIB: usize = 1024 * 1024;
 
@@ -89,6 +91,13 @@ pub struct TcpConfig {
     pub connect_timeout: Duration,
     /// `DYN_TCP_CHANNEL_BUFFER`: requests queued per connection before callers wait (100).
     pub channel_buffer: usize,
+    /// `DYN_TCP_FRAME_TIMEOUT` (server, 10 s): a frame must arrive whole within this time
+    /// of its first byte, and output waiting for the peer must move at least this often;
+    /// otherwise the connection is closed. Bounds what a slowloris peer can hold.
+    pub frame_timeout: Duration,
+    /// `DYN_TCP_IDLE_TIMEOUT` (server, 300 s): a connection with no open stream and no
+    /// traffic for this long is closed with a graceful go-away.
+    pub idle_timeout: Duration,
 }
 
 impl Default for TcpConfig {
@@ -102,6 +111,8 @@ impl Default for TcpConfig {
             pool_size: 50,
             connect_timeout: Duration::from_secs(3),
             channel_buffer: 100,
+            frame_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -140,6 +151,8 @@ impl TcpConfig {
         for (var, value) in [
             (ENV_REQUEST_TIMEOUT, self.request_timeout),
             (ENV_CONNECT_TIMEOUT, self.connect_timeout),
+            (ENV_FRAME_TIMEOUT, self.frame_timeout),
+            (ENV_IDLE_TIMEOUT, self.idle_timeout),
         ] {
             if value.is_zero() {
                 return Err(invalid(var, "0", "a positive number of seconds"));
@@ -199,6 +212,12 @@ impl RequestPlaneConfig {
         }
         if let Some(v) = get(ENV_CONNECT_TIMEOUT)? {
             tcp.connect_timeout = parse_seconds(ENV_CONNECT_TIMEOUT, &v)?;
+        }
+        if let Some(v) = get(ENV_FRAME_TIMEOUT)? {
+            tcp.frame_timeout = parse_seconds(ENV_FRAME_TIMEOUT, &v)?;
+        }
+        if let Some(v) = get(ENV_IDLE_TIMEOUT)? {
+            tcp.idle_timeout = parse_seconds(ENV_IDLE_TIMEOUT, &v)?;
         }
         if let Some(v) = get(ENV_POOL_SIZE)? {
             tcp.pool_size = parse_count(ENV_POOL_SIZE, &v)?;
@@ -438,6 +457,8 @@ mod tests {
             ("DYN_TCP_POOL_SIZE", "4"),
             ("DYN_TCP_CONNECT_TIMEOUT", "1"),
             ("DYN_TCP_CHANNEL_BUFFER", "7"),
+            ("DYN_TCP_FRAME_TIMEOUT", "0.5"),
+            ("DYN_TCP_IDLE_TIMEOUT", "60"),
         ])
         .unwrap();
         assert_eq!(cfg.plane, RequestPlaneKind::Tcp);
@@ -449,6 +470,8 @@ mod tests {
         assert_eq!(cfg.tcp.pool_size, 4);
         assert_eq!(cfg.tcp.connect_timeout, Duration::from_secs(1));
         assert_eq!(cfg.tcp.channel_buffer, 7);
+        assert_eq!(cfg.tcp.frame_timeout, Duration::from_millis(500));
+        assert_eq!(cfg.tcp.idle_timeout, Duration::from_secs(60));
     }
 
     #[test]
@@ -533,6 +556,8 @@ mod tests {
             ("DYN_TCP_POOL_SIZE", "0", "positive integer"),
             ("DYN_TCP_POOL_SIZE", "many", "positive integer"),
             ("DYN_TCP_CHANNEL_BUFFER", "0", "positive integer"),
+            ("DYN_TCP_FRAME_TIMEOUT", "0", "positive number of seconds"),
+            ("DYN_TCP_IDLE_TIMEOUT", "soon", "positive number of seconds"),
         ];
         for (var, value, expected) in cases {
             let text = err_text(&[(var, value)]);

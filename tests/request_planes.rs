@@ -462,7 +462,7 @@ async fn nats_shutdown_cancels_what_outlives_the_drain_timeout() {
 /// requests go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_stream_nobody_reads_overflows_alone() {
-    use planewire::tcp::STREAM_BUFFER;
+    use planewire::nats_request::STREAM_BUFFER;
 
     let Some(nats) = NatsServer::start() else {
         return;

@@ -499,14 +499,20 @@ async fn read_buffers_return_to_their_initial_size_after_twenty_32_mib_requests(
     );
 }
 
-/// A hand-written server writes a flood of responses and then answers a second request on
-/// the same socket. Frames arrive in order, so once the second answer is in, the client
-/// has seen the whole flood while the flood's consumer was not reading.
+/// A hand-written server ignores flow control: it writes a flood of responses far past
+/// the stream's window, then answers a second request on the same socket. Frames arrive
+/// in order, so once the second answer is in, the client has seen the whole flood while
+/// the flood's consumer was not reading. Only the flooded stream fails, after what the
+/// window (plus one frame of slack) admits, and it is cancelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_that_stops_reading_overflows_its_own_stream_only() {
-    use planewire::codec::{Frame, FrameDecoder, encode_frame};
-    use planewire::tcp::STREAM_BUFFER;
+async fn a_server_overrunning_the_window_fails_its_own_stream_only() {
+    use planewire::codec::{Frame, FrameDecoder, INITIAL_STREAM_WINDOW, encode_frame};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const MAX_FRAME: usize = 1 << 20;
+    const ITEM: usize = 1000;
+    // Each item costs its frame: 24 + 1000 bytes.
+    let admitted = (INITIAL_STREAM_WINDOW as usize + MAX_FRAME) / (24 + ITEM);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -524,10 +530,10 @@ async fn a_consumer_that_stops_reading_overflows_its_own_stream_only() {
             };
             match frame {
                 Frame::Request(req) if req.payload == "flood" => {
-                    for _ in 0..STREAM_BUFFER * 3 {
+                    for _ in 0..admitted * 2 {
                         let data = Frame::Data {
                             stream_id: req.stream_id,
-                            payload: Bytes::from_static(b"x"),
+                            payload: Bytes::from(vec![b'x'; ITEM]),
                         };
                         encode_frame(&data, usize::MAX, &mut wire).unwrap();
                     }
@@ -545,6 +551,8 @@ async fn a_consumer_that_stops_reading_overflows_its_own_stream_only() {
                     encode_frame(&end, usize::MAX, &mut wire).unwrap();
                 }
                 Frame::Cancel { stream_id } => cancelled_tx.send(stream_id).await.unwrap(),
+                // This server ignores flow control.
+                Frame::WindowUpdate { .. } => continue,
                 other => panic!("unexpected {other:?}"),
             }
             socket.write_all(&wire.split()).await.unwrap();
@@ -553,6 +561,7 @@ async fn a_consumer_that_stops_reading_overflows_its_own_stream_only() {
 
     let client = TcpClient::new(TcpConfig {
         pool_size: 1,
+        max_message_size: MAX_FRAME,
         ..tcp_config()
     })
     .unwrap();
@@ -577,19 +586,16 @@ async fn a_consumer_that_stops_reading_overflows_its_own_stream_only() {
         }
     })
     .await;
-    assert!(
-        matches!(err, RequestError::ResponseOverflow { buffered } if buffered == items),
-        "{err}"
-    );
+    assert!(matches!(err, RequestError::FlowControl { .. }), "{err}");
+    assert!(err.to_string().contains("flow-control window"), "{err}");
     assert_eq!(
-        items,
-        STREAM_BUFFER - 1,
-        "every buffered item is delivered before the error"
+        items, admitted,
+        "every item the window admits is delivered before the error"
     );
     assert_eq!(
         within("the cancel", cancelled_rx.recv()).await,
         Some(1),
-        "the overflowed stream was cancelled"
+        "the overrun stream was cancelled"
     );
     assert_echoes(&client, &addr, "after").await;
     drop(client);

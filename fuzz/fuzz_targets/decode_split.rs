@@ -73,6 +73,10 @@ enum FrameSpec {
     Pong {
         opaque: u64,
     },
+    WindowUpdate {
+        stream_id: u64,
+        increment: u32,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -159,6 +163,13 @@ impl FrameSpec {
             },
             Self::Ping { opaque } => Frame::Ping { opaque: *opaque },
             Self::Pong { opaque } => Frame::Pong { opaque: *opaque },
+            Self::WindowUpdate {
+                stream_id,
+                increment,
+            } => Frame::WindowUpdate {
+                stream_id: *stream_id,
+                increment: *increment,
+            },
         };
         (frame.clone(), frame)
     }
@@ -236,7 +247,10 @@ fn wire_len(frame: &Frame) -> usize {
         }
         Frame::Data { payload, .. } | Frame::End { payload, .. } => payload.len(),
         Frame::Error { message, .. } | Frame::GoAway { message, .. } => message.len(),
-        Frame::Cancel { .. } | Frame::Ping { .. } | Frame::Pong { .. } => 0,
+        Frame::Cancel { .. }
+        | Frame::Ping { .. }
+        | Frame::Pong { .. }
+        | Frame::WindowUpdate { .. } => 0,
     };
     HEADER_LEN + parts
 }

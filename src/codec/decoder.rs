@@ -256,5 +256,9 @@ fn parse_frame(h: ValidHeader, mut bytes: Bytes) -> Result<Frame, CodecError> {
         },
         FrameKind::Ping => Frame::Ping { opaque: stream_id },
         FrameKind::Pong => Frame::Pong { opaque: stream_id },
+        FrameKind::WindowUpdate => Frame::WindowUpdate {
+            stream_id,
+            increment: h.aux,
+        },
     })
 }

@@ -81,6 +81,10 @@ fn encode_prefix(frame: &Frame, dst: &mut BytesMut) {
         ),
         Frame::Ping { opaque } => FrameHeader::new(FrameKind::Ping, *opaque, 0, 0, 0, 0),
         Frame::Pong { opaque } => FrameHeader::new(FrameKind::Pong, *opaque, 0, 0, 0, 0),
+        Frame::WindowUpdate {
+            stream_id,
+            increment,
+        } => FrameHeader::new(FrameKind::WindowUpdate, *stream_id, 0, 0, 0, *increment),
     };
     dst.put_slice(header.as_bytes());
     if let Frame::Request(r) = frame {

@@ -17,7 +17,7 @@ pub enum CodecError {
     UnsupportedVersion(u8),
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
-    #[error("unknown flags 0x{0:02x} (no flags are defined in version 1)")]
+    #[error("unknown flags 0x{0:02x} (no flags are defined in version {VERSION})", VERSION = super::VERSION)]
     UnknownFlags(u8),
     #[error(
         "frame of {size} bytes exceeds the maximum message size of {max} bytes \

@@ -254,6 +254,33 @@ impl ErrorCode {
     }
 }
 
+/// Bytes of DATA a stream may receive before its client grants more with WINDOW_UPDATE
+/// (`PROTOCOL.md` §7.8). Large enough that a reader keeping up never waits on it (two
+/// 1 MiB items in flight), small enough that a stream nobody reads costs little.
+pub const INITIAL_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// What a DATA frame with a payload of `payload_len` bytes costs of its stream's window:
+/// its whole length on the wire, so that even empty items are paid for.
+pub fn window_cost(payload_len: usize) -> usize {
+    super::HEADER_LEN + payload_len
+}
+
+/// `message` cut at a UTF-8 boundary so that an ERROR or GOAWAY frame carrying it fits in
+/// `max_frame_len`: a terminal frame must reach the peer whatever the limit, and a short
+/// message is better than none (`max_frame_len` is at least 25, one byte of message).
+pub fn fit_message(message: impl Into<String>, max_frame_len: usize) -> Utf8Bytes {
+    let mut message = message.into();
+    let room = max_frame_len.saturating_sub(super::HEADER_LEN);
+    if message.len() > room {
+        let mut cut = room;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    Utf8Bytes::from(message)
+}
+
 /// A request: the first frame of every stream, sent by the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestFrame {
@@ -302,6 +329,12 @@ pub enum Frame {
     Pong {
         opaque: u64,
     },
+    /// The client grants the server `increment` more bytes of DATA frames on a stream
+    /// (flow control, `PROTOCOL.md` §7.8).
+    WindowUpdate {
+        stream_id: u64,
+        increment: u32,
+    },
 }
 
 impl Frame {
@@ -312,7 +345,8 @@ impl Frame {
             Self::Data { stream_id, .. }
             | Self::End { stream_id, .. }
             | Self::Error { stream_id, .. }
-            | Self::Cancel { stream_id } => *stream_id,
+            | Self::Cancel { stream_id }
+            | Self::WindowUpdate { stream_id, .. } => *stream_id,
             Self::GoAway { .. } | Self::Ping { .. } | Self::Pong { .. } => 0,
         }
     }
@@ -324,7 +358,10 @@ impl Frame {
             Self::Request(r) => &r.payload,
             Self::Data { payload, .. } | Self::End { payload, .. } => payload,
             Self::Error { message, .. } | Self::GoAway { message, .. } => message.as_bytes(),
-            Self::Cancel { .. } | Self::Ping { .. } | Self::Pong { .. } => &EMPTY,
+            Self::Cancel { .. }
+            | Self::Ping { .. }
+            | Self::Pong { .. }
+            | Self::WindowUpdate { .. } => &EMPTY,
         }
     }
 

@@ -19,8 +19,9 @@ use super::CodecError;
 
 /// First byte of every frame; a peer speaking another protocol is refused on it.
 pub const MAGIC: u8 = 0xB7;
-/// The only protocol version this implementation speaks.
-pub const VERSION: u8 = 1;
+/// The only protocol version this implementation speaks. Version 2 added per-stream flow
+/// control (the WINDOW_UPDATE kind); a version-1 peer is refused on its first frame.
+pub const VERSION: u8 = 2;
 /// Size of [`FrameHeader`] on the wire.
 pub const HEADER_LEN: usize = 24;
 
@@ -36,6 +37,7 @@ pub enum FrameKind {
     GoAway = 6,
     Ping = 7,
     Pong = 8,
+    WindowUpdate = 9,
 }
 
 impl FrameKind {
@@ -49,6 +51,7 @@ impl FrameKind {
             6 => Self::GoAway,
             7 => Self::Ping,
             8 => Self::Pong,
+            9 => Self::WindowUpdate,
             other => return Err(CodecError::UnknownKind(other)),
         })
     }

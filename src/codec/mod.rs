@@ -18,7 +18,10 @@ mod header;
 pub use decoder::{FrameDecoder, INITIAL_READ_CAPACITY};
 pub use encoder::{FLATTEN_BELOW, WriteQueue, encode_frame};
 pub use error::CodecError;
-pub use frame::{ErrorCode, Frame, HeaderMap, RequestFrame, Utf8Bytes};
+pub use frame::{
+    ErrorCode, Frame, HeaderMap, INITIAL_STREAM_WINDOW, RequestFrame, Utf8Bytes, fit_message,
+    window_cost,
+};
 pub use header::{FrameHeader, FrameKind, HEADER_LEN, MAGIC, VERSION, ValidHeader};
 
 #[cfg(test)]

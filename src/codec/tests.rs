@@ -81,6 +81,10 @@ fn every_kind() -> Vec<Frame> {
             opaque: 0xdead_beef,
         },
         Frame::Pong { opaque: u64::MAX },
+        Frame::WindowUpdate {
+            stream_id: 6,
+            increment: 1 << 20,
+        },
     ]
 }
 
@@ -118,7 +122,7 @@ fn header_is_24_bytes_little_endian() {
     assert_eq!(
         &buf[..HEADER_LEN],
         &[
-            0xB7, 1, 2, 0, 0, 0, 0, 0, 0x02, 0x01, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0
+            0xB7, 2, 2, 0, 0, 0, 0, 0, 0x02, 0x01, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0
         ]
     );
 }
@@ -380,6 +384,7 @@ fn disagreeing_lengths_are_refused() {
         (FrameKind::End, 0, 4, 0),
         (FrameKind::Cancel, 0, 0, 5),
         (FrameKind::Ping, 0, 0, 8),
+        (FrameKind::WindowUpdate, 0, 0, 4),
         (FrameKind::Request, 0, 0, 1),
     ];
     for (kind, path, meta, payload) in cases {
@@ -605,6 +610,10 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         }),
         any::<u64>().prop_map(|opaque| Frame::Ping { opaque }),
         any::<u64>().prop_map(|opaque| Frame::Pong { opaque }),
+        (any::<u64>(), any::<u32>()).prop_map(|(stream_id, increment)| Frame::WindowUpdate {
+            stream_id,
+            increment
+        }),
     ]
 }
 

@@ -27,7 +27,11 @@ use super::{
 use crate::codec::ErrorCode;
 use crate::planes::{Request, RequestError, RequestPlaneClient};
 use crate::sync::lock;
-use crate::tcp::STREAM_BUFFER;
+
+/// Responses buffered per stream before the stream is failed as overflowed: NATS has no
+/// flow control, so a caller that stops reading ends its own stream (its neighbours keep
+/// flowing).
+pub const STREAM_BUFFER: usize = 1024;
 
 /// Sends requests over NATS. Clones share one inbox subscription; the subscription ends
 /// when the last clone is dropped.

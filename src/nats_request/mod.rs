@@ -43,7 +43,7 @@ mod server;
 
 use std::time::Duration;
 
-pub use client::{NatsRequestClient, NatsResponses};
+pub use client::{NatsRequestClient, NatsResponses, STREAM_BUFFER};
 pub use server::NatsRequestServer;
 
 use crate::config::{ConfigError, NatsConfig};

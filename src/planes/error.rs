@@ -35,6 +35,11 @@ pub enum RequestError {
          the stream was cancelled"
     )]
     ResponseOverflow { buffered: usize },
+    #[error(
+        "server at {address} overran the stream's flow-control window ({outstanding} bytes \
+         unacknowledged); the stream was cancelled"
+    )]
+    FlowControl { address: String, outstanding: usize },
     #[error("expected exactly one response, {0}")]
     NotUnary(&'static str),
     #[error("the client has been shut down")]

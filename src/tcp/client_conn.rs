@@ -1,6 +1,8 @@
 //! One client connection: many streams multiplexed by stream id, answered on the same
 //! socket. A reader task routes response frames to per-stream queues; a writer task
-//! batches outgoing frames into vectored writes.
+//! batches outgoing frames into vectored writes. Requests wait for a share of the
+//! connection's output budget before queueing, so a server that stops reading holds
+//! callers back instead of growing the queue.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,12 +16,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::io::{FrameReader, FrameWriter, write_loop};
-use super::stream_slot::{Next, STREAM_BUFFER, StreamSlot};
+use super::io::{FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound, write_loop};
+use super::stream_slot::{Next, StreamSlot};
 use crate::codec::{ErrorCode, Frame, RequestFrame};
 use crate::config::TcpConfig;
 use crate::planes::RequestError;
@@ -38,6 +40,7 @@ struct Shared {
     /// which every caller on every thread would contend for.
     is_closed: AtomicBool,
     read_capacity: Arc<AtomicUsize>,
+    max_frame_len: usize,
 }
 
 impl Shared {
@@ -66,7 +69,9 @@ impl Shared {
 /// A handle to one pooled connection. Dropping every handle closes the socket once the
 /// streams still open on it have ended.
 pub(crate) struct ClientConnection {
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Outbound>,
+    /// Request bytes that may wait in `tx`.
+    budget: Arc<Semaphore>,
     shared: Arc<Shared>,
     next_stream_id: AtomicU64,
 }
@@ -100,18 +105,28 @@ impl ClientConnection {
             closed: CancellationToken::new(),
             is_closed: AtomicBool::new(false),
             read_capacity: reader.held_bytes(),
+            max_frame_len: config.max_message_size,
         });
         let writer = FrameWriter::new(wr, config.max_message_size);
         let writer_shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            if let Err(err) = write_loop(writer, rx, &writer_shared.in_flight).await {
-                tracing::debug!(%err, "client connection writer failed");
+            // Once the reader has seen the server close, the socket goes at once: the
+            // server lingers until we close too.
+            let closed = writer_shared.closed.clone();
+            tokio::select! {
+                written = write_loop(writer, rx, &writer_shared.in_flight) => {
+                    if let Err(err) = written {
+                        tracing::debug!(%err, "client connection writer failed");
+                    }
+                }
+                () = closed.cancelled() => {}
             }
             writer_shared.mark_closed();
         });
         tokio::spawn(read_loop(reader, Arc::clone(&shared), tx.downgrade()));
         Ok(Self {
             tx,
+            budget: Arc::new(Semaphore::new(OUTPUT_BUDGET)),
             shared,
             next_stream_id: AtomicU64::new(1),
         })
@@ -159,7 +174,11 @@ impl ClientConnection {
         request.stream_id = stream_id;
         // The server gets the time left, so its handler stops when we stop waiting.
         request.timeout = Some(deadline.saturating_duration_since(Instant::now()));
-        if self.tx.send(Frame::Request(request)).await.is_err() {
+        let queued = match Outbound::reserve(Frame::Request(request), &self.budget).await {
+            Some(out) => self.tx.send(out).await.is_ok(),
+            None => false,
+        };
+        if !queued {
             stream.tx = None;
             self.shared.remove_stream(stream_id);
             return Err(self.lost("the connection closed before the request was sent"));
@@ -190,7 +209,7 @@ async fn open_socket(target: SocketAddr) -> std::io::Result<TcpStream> {
 async fn read_loop(
     mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
     shared: Arc<Shared>,
-    tx: mpsc::WeakSender<Frame>,
+    tx: mpsc::WeakSender<Outbound>,
 ) {
     // One future for the whole loop: creating one per frame would take the token's lock.
     let closed = shared.closed.clone();
@@ -220,7 +239,7 @@ async fn read_loop(
 }
 
 /// Routes one frame from the server; `Err` closes the connection with that reason.
-fn on_frame(shared: &Shared, tx: &mpsc::WeakSender<Frame>, frame: Frame) -> Result<(), String> {
+fn on_frame(shared: &Shared, tx: &mpsc::WeakSender<Outbound>, frame: Frame) -> Result<(), String> {
     match frame {
         Frame::Data { stream_id, payload } => deliver(shared, tx, stream_id, payload),
         Frame::End { stream_id, payload } => {
@@ -252,32 +271,36 @@ fn on_frame(shared: &Shared, tx: &mpsc::WeakSender<Frame>, frame: Frame) -> Resu
             fail_unprocessed(shared, last_stream_id, &message.to_string());
         }
         Frame::Ping { opaque } => {
+            // Dropped when the queue is full: a PING is a liveness check, and an answer
+            // stuck behind a full queue would say little.
             if let Some(tx) = tx.upgrade() {
-                let _ = tx.try_send(Frame::Pong { opaque });
+                let _ = tx.try_send(Outbound::control(Frame::Pong { opaque }));
             }
         }
         Frame::Pong { .. } => {}
-        Frame::Request(_) | Frame::Cancel { .. } => {
+        Frame::Request(_) | Frame::Cancel { .. } | Frame::WindowUpdate { .. } => {
             return Err("protocol error: the server sent a client-only frame".to_owned());
         }
     }
     Ok(())
 }
 
-/// Hands a response item to its stream, or fails the stream if its consumer fell behind.
-fn deliver(shared: &Shared, tx: &mpsc::WeakSender<Frame>, stream_id: u64, payload: Bytes) {
+/// Hands a response item to its stream, or fails the stream if the server overran its
+/// flow-control window.
+fn deliver(shared: &Shared, tx: &mpsc::WeakSender<Outbound>, stream_id: u64, payload: Bytes) {
     let slot = lock(&shared.streams).get(&stream_id).cloned();
     // Unknown ids are streams already cancelled or timed out: ignore.
     let Some(slot) = slot else { return };
-    if slot.push(payload) {
+    let Err(outstanding) = slot.push(payload, shared.max_frame_len) else {
         return;
-    }
+    };
     shared.remove_stream(stream_id);
-    slot.finish(Err(RequestError::ResponseOverflow {
-        buffered: STREAM_BUFFER - 1,
+    slot.finish(Err(RequestError::FlowControl {
+        address: shared.address.clone(),
+        outstanding,
     }));
     if let Some(tx) = tx.upgrade() {
-        send_cancel(&tx, stream_id);
+        send_control(&tx, Frame::Cancel { stream_id });
     }
 }
 
@@ -306,11 +329,12 @@ fn fail_unprocessed(shared: &Shared, last_stream_id: u64, message: &str) {
     }
 }
 
-/// Queues a cancel without blocking (it is sent from `Drop`). If the request queue is
-/// full, a task waits for room; there is at most one cancel per open stream, so these
-/// tasks are bounded by the number of streams.
-fn send_cancel(tx: &mpsc::Sender<Frame>, stream_id: u64) {
-    match tx.try_send(Frame::Cancel { stream_id }) {
+/// Queues a CANCEL or WINDOW_UPDATE without blocking (from `Drop` and `poll_next`). If
+/// the request queue is full, a task waits for room. These tasks are bounded: one cancel
+/// per stream, and a stream's unsent grants never exceed its window plus one frame (the
+/// server cannot send more than that without them).
+fn send_control(tx: &mpsc::Sender<Outbound>, frame: Frame) {
+    match tx.try_send(Outbound::control(frame)) {
         Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
         Err(mpsc::error::TrySendError::Full(frame)) => {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -330,9 +354,9 @@ pub struct ResponseStream {
     slot: Arc<StreamSlot>,
     stream_id: u64,
     shared: Arc<Shared>,
-    /// For the cancel frame; `None` once the stream is over, so a finished stream the
-    /// caller still holds does not keep its connection open.
-    tx: Option<mpsc::Sender<Frame>>,
+    /// For CANCEL and WINDOW_UPDATE; `None` once the stream is over, so a finished
+    /// stream the caller still holds does not keep its connection open.
+    tx: Option<mpsc::Sender<Outbound>>,
     deadline: Pin<Box<Sleep>>,
     timeout: Duration,
 }
@@ -342,7 +366,12 @@ impl ResponseStream {
     pub fn cancel(&mut self) {
         if let Some(tx) = self.tx.take() {
             if self.shared.remove_stream(self.stream_id).is_some() {
-                send_cancel(&tx, self.stream_id);
+                send_control(
+                    &tx,
+                    Frame::Cancel {
+                        stream_id: self.stream_id,
+                    },
+                );
             }
         }
     }
@@ -356,7 +385,19 @@ impl Stream for ResponseStream {
             return Poll::Ready(None);
         }
         match self.slot.poll_next(cx) {
-            Poll::Ready(Next::Item(item)) => Poll::Ready(Some(Ok(item))),
+            Poll::Ready(Next::Item(item, grant)) => {
+                if let (Some(increment), Some(tx)) = (grant, &self.tx) {
+                    let stream_id = self.stream_id;
+                    send_control(
+                        tx,
+                        Frame::WindowUpdate {
+                            stream_id,
+                            increment,
+                        },
+                    );
+                }
+                Poll::Ready(Some(Ok(item)))
+            }
             Poll::Ready(Next::End(last)) => {
                 self.tx = None;
                 Poll::Ready((!last.is_empty()).then_some(Ok(last)))

@@ -1,5 +1,6 @@
 //! Frames over a byte stream: a buffered zero-copy reader and a vectored writer.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,9 +8,10 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::codec::{CodecError, Frame, FrameDecoder, WriteQueue};
+use crate::codec::{CodecError, Frame, FrameDecoder, HEADER_LEN, WriteQueue};
 
 /// Free space below which the read buffer is topped up before a `read`.
 const MIN_READ_SPACE: usize = 4096;
@@ -31,6 +33,10 @@ pub(crate) struct FrameReader<R> {
     spare_expiry: Option<(u64, Instant)>,
     /// Bytes of read buffer held, spare included, for the connection's owner to report.
     held: Arc<AtomicUsize>,
+    /// When the first bytes of the frame still incomplete in `buf` were seen.
+    partial_since: Option<Instant>,
+    /// When bytes last arrived.
+    last_read: Instant,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -43,6 +49,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf,
             decoder,
             spare_expiry: None,
+            partial_since: None,
+            last_read: Instant::now(),
         }
     }
 
@@ -54,7 +62,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let spare_deadline = self.spare_deadline();
             self.note_held();
             if let Some(frame) = decoded? {
+                self.partial_since = None;
                 return Ok(Some(frame));
+            }
+            if self.buf.is_empty() {
+                self.partial_since = None;
+            } else if self.partial_since.is_none() {
+                self.partial_since = Some(Instant::now());
             }
             self.decoder.reserve_for_read(&mut self.buf, MIN_READ_SPACE);
             let read = self.io.read_buf(&mut self.buf);
@@ -71,7 +85,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.decoder.check_eof(&self.buf)?;
                 return Ok(None);
             }
+            self.last_read = Instant::now();
         }
+    }
+
+    /// When the frame now arriving began, if one is partly received.
+    pub(crate) fn partial_since(&self) -> Option<Instant> {
+        self.partial_since
+    }
+
+    pub(crate) fn last_read(&self) -> Instant {
+        self.last_read
+    }
+
+    /// The byte stream, for reading and discarding what a closing peer still sends.
+    pub(crate) fn into_inner(self) -> R {
+        self.io
     }
 
     /// When the decoder's spare is to be given back; releases it if that time has come.
@@ -106,58 +135,176 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 }
 
 /// Writes frames to `io`: small ones batched into one buffer, large payloads as their
-/// own iovecs.
+/// own iovecs, control frames ahead of queued data.
+///
+/// Frames wait as frames (`backlog`, `urgent`) and are encoded into `writing` only when
+/// it is empty, at most [`WRITE_BATCH_BYTES`] at a time: a write never stops inside a
+/// frame that something else must overtake, and a GOAWAY, PONG or WINDOW_UPDATE waits
+/// behind one batch at most, never behind the whole backlog.
 pub(crate) struct FrameWriter<W> {
     io: W,
-    queue: WriteQueue,
+    /// Whole frames being written; bytes leave from the front.
+    writing: WriteQueue,
+    /// Connection-level frames, written before the backlog.
+    urgent: VecDeque<(Frame, usize)>,
+    backlog: VecDeque<(Frame, usize)>,
+    /// Wire bytes of the frames in `urgent` and `backlog`.
+    waiting: usize,
     max_frame_len: usize,
+    /// When output last moved (or started waiting): a peer that stops reading is seen
+    /// by this not advancing.
+    last_progress: Instant,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub(crate) fn new(io: W, max_frame_len: usize) -> Self {
         Self {
             io,
-            queue: WriteQueue::new(),
+            writing: WriteQueue::new(),
+            urgent: VecDeque::new(),
+            backlog: VecDeque::new(),
+            waiting: 0,
             max_frame_len,
+            last_progress: Instant::now(),
         }
     }
 
-    /// Queues a frame. Senders check sizes before a frame reaches the writer, so a
-    /// failure here is a bug upstream; the frame is dropped and logged, never half-written.
-    pub(crate) fn push(&mut self, frame: &Frame) {
-        if let Err(err) = self.queue.push(frame, self.max_frame_len) {
-            tracing::error!(%err, stream_id = frame.stream_id(), "dropping unencodable frame");
+    /// Queues a frame: GOAWAY, PING, PONG and WINDOW_UPDATE go ahead of queued data, the
+    /// rest in order. Senders check sizes (and fit error messages) before a frame
+    /// reaches the writer, so a failure here is a bug upstream; the frame is dropped and
+    /// logged, never half-written.
+    pub(crate) fn push(&mut self, frame: Frame) {
+        let len = match frame.checked_len(self.max_frame_len) {
+            Ok(len) => len,
+            Err(err) => {
+                tracing::error!(%err, stream_id = frame.stream_id(), "dropping unencodable frame");
+                return;
+            }
+        };
+        if self.queued() == 0 {
+            self.last_progress = Instant::now();
+        }
+        self.waiting += len;
+        match frame {
+            Frame::GoAway { .. }
+            | Frame::Ping { .. }
+            | Frame::Pong { .. }
+            | Frame::WindowUpdate { .. } => self.urgent.push_back((frame, len)),
+            _ => self.backlog.push_back((frame, len)),
         }
     }
 
-    pub(crate) fn push_opt(&mut self, frame: Option<Frame>) {
-        if let Some(frame) = frame {
-            self.push(&frame);
-        }
-    }
-
+    /// Bytes queued and not yet written.
     pub(crate) fn queued(&self) -> usize {
-        self.queue.remaining()
+        self.writing.remaining() + self.waiting
     }
 
-    /// Writes everything queued.
+    pub(crate) fn last_progress(&self) -> Instant {
+        self.last_progress
+    }
+
+    /// Drops the queued frames (not yet started) that `drop_frame` picks; the frame being
+    /// written is always finished.
+    pub(crate) fn discard_queued(&mut self, mut drop_frame: impl FnMut(&Frame) -> bool) {
+        let mut dropped = 0;
+        self.backlog.retain(|(frame, len)| {
+            let keep = !drop_frame(frame);
+            if !keep {
+                dropped += len;
+            }
+            keep
+        });
+        self.waiting -= dropped;
+    }
+
+    /// Moves waiting frames into `writing`: every urgent one, then backlog frames up to
+    /// a batch (at least one).
+    fn refill(&mut self) {
+        while let Some((frame, len)) = self.urgent.pop_front() {
+            self.take(&frame, len);
+        }
+        while self.writing.remaining() < WRITE_BATCH_BYTES {
+            let Some((frame, len)) = self.backlog.pop_front() else {
+                break;
+            };
+            self.take(&frame, len);
+        }
+    }
+
+    fn take(&mut self, frame: &Frame, len: usize) {
+        self.waiting -= len;
+        // `push` checked the frame against the same limit: this cannot fail.
+        if let Err(err) = self.writing.push(frame, self.max_frame_len) {
+            tracing::error!(%err, "dropping unencodable frame");
+        }
+    }
+
+    /// Writes everything queued. Cancel-safe: what was written stays written, and the
+    /// rest stays queued, whole frames included.
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
-        while self.queue.has_remaining() {
+        loop {
+            if self.writing.is_empty() {
+                self.refill();
+                if self.writing.is_empty() {
+                    return Ok(());
+                }
+            }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let n = self.queue.chunks_vectored(&mut slices);
+            let n = self.writing.chunks_vectored(&mut slices);
             let written = self.io.write_vectored(&slices[..n]).await?;
             if written == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
-            self.queue.advance(written);
+            self.writing.advance(written);
+            self.last_progress = Instant::now();
         }
-        Ok(())
     }
 
     pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
         self.flush().await?;
         self.io.shutdown().await
     }
+}
+
+/// A frame on its way from a stream to a connection's writer, with its share of the
+/// connection's output budget: the budget is back once the writer has taken the frame.
+pub(crate) struct Outbound {
+    pub(crate) frame: Frame,
+    /// `None` for the few small control frames, which are bounded by count instead.
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+impl Outbound {
+    /// Waits for `frame`'s share of `budget` (its wire length, at most the whole budget:
+    /// a frame larger than the budget waits until it has the budget to itself).
+    pub(crate) async fn reserve(frame: Frame, budget: &Arc<Semaphore>) -> Option<Self> {
+        let share = budget_share(&frame);
+        let permit = match Arc::clone(budget).try_acquire_many_owned(share) {
+            Ok(permit) => permit,
+            Err(_) => Arc::clone(budget).acquire_many_owned(share).await.ok()?,
+        };
+        Some(Self {
+            frame,
+            _budget: Some(permit),
+        })
+    }
+
+    /// A CANCEL, WINDOW_UPDATE or PONG: small, and bounded by their senders.
+    pub(crate) fn control(frame: Frame) -> Self {
+        Self {
+            frame,
+            _budget: None,
+        }
+    }
+}
+
+/// Output bytes a connection lets wait in its queues before producers wait: a few MiB,
+/// whatever the peer does. A single frame larger than this still passes, alone.
+pub(crate) const OUTPUT_BUDGET: usize = 4 * 1024 * 1024;
+
+fn budget_share(frame: &Frame) -> u32 {
+    let len = frame.checked_len(usize::MAX).unwrap_or(HEADER_LEN);
+    len.min(OUTPUT_BUDGET) as u32
 }
 
 /// Drains `rx` into `writer` until every sender is gone, batching whatever is queued into
@@ -169,17 +316,17 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 /// (`in_flight` 1) never waits for that.
 pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: FrameWriter<W>,
-    mut rx: tokio::sync::mpsc::Receiver<Frame>,
+    mut rx: tokio::sync::mpsc::Receiver<Outbound>,
     in_flight: &AtomicUsize,
 ) -> io::Result<()> {
-    while let Some(frame) = rx.recv().await {
+    while let Some(out) = rx.recv().await {
         if in_flight.load(Ordering::Relaxed) > rx.len() + 1 {
             tokio::task::yield_now().await;
         }
-        writer.push(&frame);
+        writer.push(out.frame);
         while writer.queued() < WRITE_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(frame) => writer.push(&frame),
+                Ok(out) => writer.push(out.frame),
                 Err(_) => break,
             }
         }

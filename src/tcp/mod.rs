@@ -14,4 +14,3 @@ mod stream_task;
 pub use client::{ResponseStream, TcpClient};
 pub(crate) use client_conn::ClientConnection;
 pub use server::{ServerConfig, TcpServer};
-pub use stream_slot::STREAM_BUFFER;

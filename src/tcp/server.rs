@@ -53,15 +53,26 @@ pub(super) struct Endpoint {
     pub(super) slots: Arc<Semaphore>,
 }
 
+/// When a connection is reaped (`DYN_TCP_FRAME_TIMEOUT`, `DYN_TCP_IDLE_TIMEOUT`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ConnectionTimeouts {
+    /// A frame must arrive whole within this of its first byte; queued output must move
+    /// at least this often.
+    pub(super) frame: Duration,
+    /// A connection with nothing open and no traffic for this long is closed.
+    pub(super) idle: Duration,
+}
+
 /// State shared by the accept loop, every connection and every request task.
 pub(super) struct Shared {
     pub(super) endpoints: RwLock<HashMap<String, Arc<Endpoint>>>,
     pub(super) max_concurrent_requests: usize,
     pub(super) max_frame_len: usize,
     pub(super) shrink_threshold: usize,
+    pub(super) timeouts: ConnectionTimeouts,
     /// Fired by `shutdown`: stop accepting, send go-away, refuse new requests.
     pub(super) shutdown: CancellationToken,
-    /// Fired when the drain timeout passes: cancel whatever still runs.
+    /// Fired when the drain timeout passes: end whatever still runs with `ShuttingDown`.
     pub(super) abort: CancellationToken,
     pub(super) tracker: TaskTracker,
     /// Read-buffer memory held by each open connection, by connection number.
@@ -117,6 +128,10 @@ impl TcpServer {
             max_concurrent_requests: config.max_concurrent_requests,
             max_frame_len: tcp.max_message_size,
             shrink_threshold: tcp.shrink_message_size,
+            timeouts: ConnectionTimeouts {
+                frame: tcp.frame_timeout,
+                idle: tcp.idle_timeout,
+            },
             shutdown: CancellationToken::new(),
             abort: CancellationToken::new(),
             tracker: TaskTracker::new(),

@@ -6,43 +6,55 @@
 //! to its own task, so one slow endpoint cannot stall the other streams of a connection.
 //! Reading and writing share the task through `select!`, so a large write in progress
 //! never stops the connection from reading.
+//!
+//! Memory per connection is bounded whatever the peer does: each stream sends DATA only
+//! while it has flow-control credit, stream tasks wait for a share of the connection's
+//! output budget before queueing a frame, and the task stops taking frames (and reading
+//! requests) while [`OUTPUT_BUDGET`] bytes wait to be written.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::io::{FrameReader, FrameWriter, WRITE_BATCH_BYTES};
+use super::io::{FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound};
 use super::server::Shared;
-use super::stream_task::{Framer, Step, StreamTask};
-use crate::codec::{CodecError, ErrorCode, Frame, RequestFrame};
+use super::stream_task::{Credit, Framer, Step, StreamTask};
+use crate::codec::{CodecError, ErrorCode, Frame, RequestFrame, fit_message};
 use crate::planes::Request;
 use crate::sync::lock;
 
-/// Frames from stream tasks waiting for the connection task. Full means the client is
-/// not reading; the stream tasks wait.
+/// Frames from stream tasks waiting for the connection task (the output budget bounds
+/// their bytes; this their number).
 const OUTBOUND_QUEUE: usize = 1024;
-/// Reading pauses while this much output waits: a client that sends but does not read
-/// gets TCP backpressure instead of growing our write queue without bound.
-const PAUSE_READING_AT: usize = 4 * 1024 * 1024;
 /// Responses a ready handler may produce inline before the rest moves to its own task,
 /// so an endless ready stream cannot monopolize the connection.
 const INLINE_STEPS: usize = 64;
-/// How long a closing connection may spend flushing its last frames to a peer that has
-/// stopped reading.
+/// How long a closing connection may spend flushing its last frames to a slow peer.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a closing connection reads and discards what the peer still sends after our
+/// write side is shut: closing with unread input makes the kernel send a reset, which
+/// destroys responses the peer has not read yet.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// A stream whose handler runs in its own task.
+struct OpenStream {
+    token: CancellationToken,
+    credit: Arc<Credit>,
+}
 
 /// The open streams of one connection.
 struct Streams {
-    open: Mutex<HashMap<u64, CancellationToken>>,
+    open: Mutex<HashMap<u64, OpenStream>>,
     /// Signalled whenever the last open stream finishes (drain completion).
     idle: Notify,
     /// Highest stream id accepted, reported in go-away.
@@ -50,9 +62,14 @@ struct Streams {
 }
 
 impl Streams {
-    fn finish(&self, stream_id: u64) {
+    /// Forgets `stream_id`; the stream's handler is cancelled if `cancel`.
+    fn remove(&self, stream_id: u64, cancel: bool) {
         let mut open = lock(&self.open);
-        open.remove(&stream_id);
+        if let Some(stream) = open.remove(&stream_id)
+            && cancel
+        {
+            stream.token.cancel();
+        }
         if open.is_empty() {
             self.idle.notify_one();
         }
@@ -63,15 +80,36 @@ impl Streams {
     }
 }
 
+/// How the connection's loop ended, which decides how it closes.
+enum Close {
+    /// Everything owed is queued: the peer half-closed or went idle, or the drain ended.
+    Done,
+    /// A protocol error or a timeout; a GOAWAY naming it is queued. Open streams are
+    /// cancelled.
+    Failed,
+    /// The drain timeout passed: open streams end with `ShuttingDown`.
+    Aborted,
+    /// Nothing more can be written: the socket failed or the peer stopped reading.
+    Broken,
+}
+
 /// What the connection task owns.
 struct Connection {
     shared: Arc<Shared>,
     streams: Arc<Streams>,
     writer: FrameWriter<OwnedWriteHalf>,
     /// Cloned into every stream task; the connection task drains the other end.
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Outbound>,
+    /// Bytes stream tasks may have queued in `tx`.
+    budget: Arc<Semaphore>,
     peer: SocketAddr,
+    /// We sent a graceful GOAWAY.
     draining: bool,
+    /// The client sent GOAWAY: it promised no new requests.
+    peer_going_away: bool,
+    /// The client shut its write side: no more requests, but every open stream still
+    /// runs to its end.
+    read_closed: bool,
 }
 
 pub(super) async fn serve_connection(
@@ -94,64 +132,68 @@ pub(super) async fn serve_connection(
         }),
         writer: FrameWriter::new(wr, shared.max_frame_len),
         tx,
+        budget: Arc::new(Semaphore::new(OUTPUT_BUDGET)),
         peer,
         draining: false,
+        peer_going_away: false,
+        read_closed: false,
     };
-    conn.run(&mut reader, &mut rx).await;
-
-    // The client is gone, or the connection is being closed: stop every handler, then
-    // flush what is queued (a go-away, last responses) for a bounded time.
-    for (_, token) in lock(&conn.streams.open).drain() {
-        token.cancel();
-    }
+    let how = conn.run(&mut reader, &mut rx).await;
     lock(&shared.buffer_capacities).remove(&id);
-    while let Ok(frame) = rx.try_recv() {
-        conn.writer.push(&frame);
-    }
-    match tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, conn.writer.shutdown()).await {
-        Ok(Err(err)) => tracing::debug!(%peer, %err, "closing write failed"),
-        Err(_) => tracing::debug!(%peer, "peer stopped reading; closing without flushing"),
-        Ok(Ok(())) => {}
-    }
+    conn.close(how, reader, rx).await;
 }
 
 impl Connection {
     async fn run(
         &mut self,
         reader: &mut FrameReader<OwnedReadHalf>,
-        rx: &mut mpsc::Receiver<Frame>,
-    ) {
-        // One future for the whole loop: creating one per frame would take the token's
-        // lock, shared by every connection of the server.
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) -> Close {
+        // One future each for the whole loop: creating one per frame would take the
+        // token's lock, shared by every connection of the server.
         let shutdown = self.shared.shutdown.clone();
         let shutdown = shutdown.cancelled();
         tokio::pin!(shutdown);
+        let abort = self.shared.abort.clone();
+        let abort = abort.cancelled();
+        tokio::pin!(abort);
+        // Armed lazily: a deadline that moves later (traffic came) is left to fire early
+        // and be re-armed, so the timer is touched about once per timeout, not per frame.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         let streams = Arc::clone(&self.streams);
         loop {
+            if (self.draining || self.read_closed) && streams.is_empty() {
+                return Close::Done;
+            }
             let queued = self.writer.queued();
+            let room = queued < OUTPUT_BUDGET;
+            if let Some(at) = self.next_check(reader, queued)
+                && armed.is_none_or(|armed| at < armed)
+            {
+                timer.as_mut().reset(at);
+                armed = Some(at);
+            }
             tokio::select! {
                 biased;
+                _ = &mut abort => return Close::Aborted,
                 _ = &mut shutdown, if !self.draining => self.start_draining(),
-                _ = streams.idle.notified(), if self.draining => {}
-                frame = reader.next_frame(), if queued < PAUSE_READING_AT => {
-                    let outcome = match frame {
-                        Ok(Some(frame)) => self.on_frame(frame),
-                        Ok(None) => return,
-                        Err(err) => {
-                            self.on_decode_error(err);
-                            return;
+                _ = streams.idle.notified(), if self.draining || self.read_closed => {}
+                frame = reader.next_frame(), if room && !self.read_closed => match frame {
+                    Ok(Some(frame)) => {
+                        if let Err(how) = self.on_frame(frame) {
+                            return how;
                         }
-                    };
-                    if let Err(reason) = outcome {
-                        self.go_away(ErrorCode::Protocol, reason);
-                        return;
                     }
-                }
-                Some(frame) = rx.recv() => {
-                    self.writer.push(&frame);
-                    while self.writer.queued() < WRITE_BATCH_BYTES {
+                    Ok(None) => self.read_closed = true,
+                    Err(err) => return self.on_decode_error(err),
+                },
+                Some(out) = rx.recv(), if room => {
+                    self.writer.push(out.frame);
+                    while self.writer.queued() < OUTPUT_BUDGET {
                         match rx.try_recv() {
-                            Ok(frame) => self.writer.push(&frame),
+                            Ok(out) => self.writer.push(out.frame),
                             Err(_) => break,
                         }
                     }
@@ -159,27 +201,89 @@ impl Connection {
                 written = self.writer.flush(), if queued > 0 => {
                     if let Err(err) = written {
                         tracing::debug!(peer = %self.peer, %err, "write failed; closing");
-                        return;
+                        return Close::Broken;
                     }
                 }
-            }
-            if self.draining && streams.is_empty() {
-                return;
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    if let Some(how) = self.on_timer(reader) {
+                        return how;
+                    }
+                }
             }
         }
     }
 
-    fn on_decode_error(&mut self, err: CodecError) {
+    /// The earliest time a timeout could fire: the frame being received, output stuck
+    /// behind a peer that does not read, or a connection with nothing open.
+    fn next_check(&self, reader: &FrameReader<OwnedReadHalf>, queued: usize) -> Option<Instant> {
+        let tcp = &self.shared.timeouts;
+        let mut at: Option<Instant> = None;
+        let mut consider = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
+        if queued > 0 {
+            consider(self.writer.last_progress() + tcp.frame);
+        }
+        if self.read_closed {
+            return at;
+        }
+        match reader.partial_since() {
+            // Paused reading is our doing, not the peer's: the frame clock waits.
+            Some(since) if queued < OUTPUT_BUDGET => consider(since + tcp.frame),
+            Some(_) => {}
+            None if queued == 0 && self.streams.is_empty() => {
+                let active = reader.last_read().max(self.writer.last_progress());
+                consider(active + tcp.idle);
+            }
+            None => {}
+        }
+        at
+    }
+
+    /// Acts on whichever timeout has passed; `None` if none has (traffic moved them).
+    fn on_timer(&mut self, reader: &FrameReader<OwnedReadHalf>) -> Option<Close> {
+        let tcp = &self.shared.timeouts;
+        let now = Instant::now();
+        let queued = self.writer.queued();
+        if queued > 0 && now >= self.writer.last_progress() + tcp.frame {
+            tracing::debug!(peer = %self.peer, queued, "peer stopped reading; closing");
+            return Some(Close::Broken);
+        }
+        if self.read_closed {
+            return None;
+        }
+        match reader.partial_since() {
+            Some(since) if queued < OUTPUT_BUDGET && now >= since + tcp.frame => {
+                let message = format!(
+                    "no complete frame within {:?} of its first byte (DYN_TCP_FRAME_TIMEOUT)",
+                    tcp.frame
+                );
+                tracing::debug!(peer = %self.peer, "{message}");
+                Some(self.fail(ErrorCode::Protocol, message))
+            }
+            None if queued == 0 && self.streams.is_empty() => {
+                let active = reader.last_read().max(self.writer.last_progress());
+                if now < active + tcp.idle {
+                    return None;
+                }
+                let message = format!("connection idle for {:?} (DYN_TCP_IDLE_TIMEOUT)", tcp.idle);
+                self.go_away(ErrorCode::NoError, message);
+                Some(Close::Done)
+            }
+            _ => None,
+        }
+    }
+
+    fn on_decode_error(&mut self, err: CodecError) -> Close {
         let code = match err {
-            CodecError::Io(_) | CodecError::Truncated { .. } => {
+            CodecError::Io(_) => {
                 tracing::debug!(peer = %self.peer, %err, "connection ended");
-                return;
+                return Close::Broken;
             }
             CodecError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             _ => ErrorCode::Protocol,
         };
         tracing::warn!(peer = %self.peer, %err, "closing connection after a bad frame");
-        self.go_away(code, err.to_string());
+        self.fail(code, err.to_string())
     }
 
     fn start_draining(&mut self) {
@@ -187,72 +291,103 @@ impl Connection {
         self.go_away(ErrorCode::NoError, "server shutting down".to_owned());
     }
 
+    /// Queues a GOAWAY naming the connection's error; the connection then closes.
+    fn fail(&mut self, code: ErrorCode, message: String) -> Close {
+        self.go_away(code, message);
+        Close::Failed
+    }
+
     fn go_away(&mut self, code: ErrorCode, message: String) {
-        self.writer.push(&Frame::GoAway {
+        self.writer.push(Frame::GoAway {
             last_stream_id: self.streams.last_accepted.load(Ordering::Relaxed),
             code,
-            message: message.into(),
+            message: fit_message(message, self.shared.max_frame_len),
         });
     }
 
-    /// Handles one frame; `Err` is a protocol violation that closes the connection.
-    fn on_frame(&mut self, frame: Frame) -> Result<(), String> {
+    /// Handles one frame; `Err` closes the connection.
+    fn on_frame(&mut self, frame: Frame) -> Result<(), Close> {
         match frame {
             Frame::Request(request) => self.on_request(request)?,
-            Frame::Cancel { stream_id } => {
-                if let Some(token) = lock(&self.streams.open).remove(&stream_id) {
-                    token.cancel();
+            Frame::Cancel { stream_id } => self.streams.remove(stream_id, true),
+            Frame::WindowUpdate {
+                stream_id,
+                increment,
+            } => {
+                // Unknown ids are streams that already ended: ignore.
+                if let Some(stream) = lock(&self.streams.open).get(&stream_id) {
+                    stream.credit.grant(increment);
                 }
             }
-            Frame::Ping { opaque } => self.writer.push(&Frame::Pong { opaque }),
+            Frame::Ping { opaque } => self.writer.push(Frame::Pong { opaque }),
             Frame::Pong { .. } => {}
             Frame::GoAway { message, .. } => {
+                self.peer_going_away = true;
                 tracing::debug!(peer = %self.peer, %message, "client sent go-away");
             }
-            Frame::Data { .. } => return Err("clients may not send DATA frames".to_owned()),
-            Frame::End { .. } => return Err("clients may not send END frames".to_owned()),
-            Frame::Error { .. } => return Err("clients may not send ERROR frames".to_owned()),
+            Frame::Data { .. } | Frame::End { .. } | Frame::Error { .. } => {
+                let kind = match frame {
+                    Frame::Data { .. } => "DATA",
+                    Frame::End { .. } => "END",
+                    _ => "ERROR",
+                };
+                let message = format!("clients may not send {kind} frames");
+                return Err(self.fail(ErrorCode::Protocol, message));
+            }
         }
         Ok(())
     }
 
-    fn on_request(&mut self, request: RequestFrame) -> Result<(), String> {
+    /// Queues an ERROR refusing a request; the connection stays up.
+    fn refuse(&mut self, stream_id: u64, code: ErrorCode, message: String) {
+        self.writer.push(Frame::Error {
+            stream_id,
+            code,
+            message: fit_message(message, self.shared.max_frame_len),
+        });
+    }
+
+    fn on_request(&mut self, request: RequestFrame) -> Result<(), Close> {
         let stream_id = request.stream_id;
         if stream_id == 0 {
-            return Err("stream id 0 is reserved for connection-level frames".to_owned());
+            let message = "stream id 0 is reserved for connection-level frames".to_owned();
+            return Err(self.fail(ErrorCode::Protocol, message));
         }
-        let mut refuse = |code, message: String| {
-            self.writer.push(&Frame::Error {
-                stream_id,
-                code,
-                message: message.into(),
-            });
-            Ok(())
-        };
+        if lock(&self.streams.open).contains_key(&stream_id) {
+            // An ERROR on this id would read as the end of the stream already open on it.
+            let message = format!(
+                "stream id {stream_id} was reused while its stream is still open; \
+                 stream ids must not be reused on a connection"
+            );
+            return Err(self.fail(ErrorCode::StreamIdInUse, message));
+        }
         if self.draining {
             let msg = "server is shutting down; retry on another instance".to_owned();
-            return refuse(ErrorCode::ShuttingDown, msg);
+            self.refuse(stream_id, ErrorCode::ShuttingDown, msg);
+            return Ok(());
         }
-        let endpoint = self.shared.endpoint(request.path.as_str());
-        let Some(endpoint) = endpoint else {
+        if self.peer_going_away {
+            let msg = "request sent after the client's own GOAWAY".to_owned();
+            self.refuse(stream_id, ErrorCode::Protocol, msg);
+            return Ok(());
+        }
+        let Some(endpoint) = self.shared.endpoint(request.path.as_str()) else {
             let msg = format!(
                 "no endpoint {:?} is registered on this server (a path without an instance \
                  id matches only an endpoint with exactly one instance here)",
                 request.path.as_str()
             );
-            return refuse(ErrorCode::UnknownEndpoint, msg);
+            self.refuse(stream_id, ErrorCode::UnknownEndpoint, msg);
+            return Ok(());
         };
         let Ok(permit) = Arc::clone(&endpoint.slots).try_acquire_owned() else {
             let msg = format!(
                 "endpoint {} overloaded: all {} request slots are busy; retry later",
                 request.path, self.shared.max_concurrent_requests
             );
-            return refuse(ErrorCode::Overloaded, msg);
+            self.refuse(stream_id, ErrorCode::Overloaded, msg);
+            return Ok(());
         };
-        if lock(&self.streams.open).contains_key(&stream_id) {
-            let msg = format!("stream id {stream_id} is already open on this connection");
-            return refuse(ErrorCode::StreamIdInUse, msg);
-        }
         self.streams
             .last_accepted
             .fetch_max(stream_id, Ordering::Relaxed);
@@ -272,23 +407,27 @@ impl Connection {
         let token = CancellationToken::new();
         let mut responses = endpoint.handler.call(request, token.clone());
         let mut framer = Framer::new(stream_id, self.shared.max_frame_len);
+        let credit = Credit::new();
         // Most handlers answer without waiting (echo, cached results): take what is ready
         // here and write it directly, saving a task and a wake-up per request. Polling
         // with a no-op waker is sound: a stream that is not ready is handed to a task,
         // whose first poll registers a real waker.
         for _ in 0..INLINE_STEPS {
+            if !credit.available() || self.writer.queued() >= OUTPUT_BUDGET {
+                break;
+            }
             let Some(next) = responses.next().now_or_never() else {
                 break;
             };
             match framer.step(next) {
-                Step::Continue(data) => self.writer.push_opt(data),
+                Step::Continue(data) => self.push_data(&credit, data),
                 Step::Finish {
                     data,
                     terminal,
                     stop_handler,
                 } => {
-                    self.writer.push_opt(data);
-                    self.writer.push(&terminal);
+                    self.push_data(&credit, data);
+                    self.writer.push(terminal);
                     if stop_handler {
                         token.cancel();
                     }
@@ -296,21 +435,100 @@ impl Connection {
                 }
             }
         }
-        lock(&self.streams.open).insert(stream_id, token.clone());
+        let stream = OpenStream {
+            token: token.clone(),
+            credit: Arc::clone(&credit),
+        };
+        lock(&self.streams.open).insert(stream_id, stream);
         let task = StreamTask {
             responses,
             framer,
             tx: self.tx.clone(),
+            budget: Arc::clone(&self.budget),
+            credit,
             token,
-            abort: self.shared.abort.clone(),
             deadline,
             permit,
         };
         let streams = Arc::clone(&self.streams);
         self.shared.tracker.spawn(async move {
             task.run().await;
-            streams.finish(stream_id);
+            streams.remove(stream_id, false);
         });
         Ok(())
     }
+
+    fn push_data(&mut self, credit: &Credit, data: Option<Frame>) {
+        if let Some(data) = data {
+            credit.spend(&data);
+            self.writer.push(data);
+        }
+    }
+
+    /// Ends the connection as `how` says: stops every handler still running, sends what
+    /// is owed at frame boundaries, shuts the write side, then reads and discards until
+    /// the peer closes too (or [`LINGER`] passes).
+    async fn close(
+        mut self,
+        how: Close,
+        reader: FrameReader<OwnedReadHalf>,
+        mut rx: mpsc::Receiver<Outbound>,
+    ) {
+        let open: HashSet<u64> = {
+            let mut open = lock(&self.streams.open);
+            open.drain()
+                .map(|(id, stream)| {
+                    stream.token.cancel();
+                    id
+                })
+                .collect()
+        };
+        // Stream tasks still waiting to queue a frame give up.
+        self.budget.close();
+        rx.close();
+        if matches!(how, Close::Broken) {
+            return;
+        }
+        let aborted = matches!(how, Close::Aborted);
+        while let Ok(out) = rx.try_recv() {
+            if !(aborted && open.contains(&out.frame.stream_id())) {
+                self.writer.push(out.frame);
+            }
+        }
+        if aborted {
+            // What the cut-off streams had queued goes; each gets its terminal frame.
+            self.writer
+                .discard_queued(|frame| open.contains(&frame.stream_id()));
+            for stream_id in open {
+                let message = "server shut down before the request finished (drain timeout passed)";
+                self.refuse(stream_id, ErrorCode::ShuttingDown, message.to_owned());
+            }
+        }
+        let peer = self.peer;
+        match tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.writer.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, %err, "closing write failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "peer stopped reading; closing without flushing");
+                return;
+            }
+        }
+        linger(reader.into_inner()).await;
+    }
+}
+
+/// Reads and discards until the peer closes, for at most [`LINGER`].
+async fn linger(mut rd: OwnedReadHalf) {
+    let mut scratch = [0u8; 16 * 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = rd.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }

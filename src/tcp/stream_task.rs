@@ -1,13 +1,20 @@
 //! One request on the server: a handler's responses turned into frames, either inline in
-//! the connection task (when the handler answers at once) or in a task of its own.
+//! the connection task (when the handler answers at once) or in a task of its own, paced
+//! by the stream's flow-control credit and the connection's output budget.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{ErrorCode, Frame, HEADER_LEN, Utf8Bytes};
+use super::io::Outbound;
+use crate::codec::{ErrorCode, Frame, HEADER_LEN, INITIAL_STREAM_WINDOW, fit_message, window_cost};
 use crate::planes::{HandlerError, HandlerStream};
 
 /// What to send after one step of a handler's stream.
@@ -96,79 +103,145 @@ impl Framer {
         }
     }
 
+    /// An ERROR frame whose message is cut to fit the maximum frame size.
     pub(super) fn error(&self, code: ErrorCode, message: String) -> Frame {
         Frame::Error {
             stream_id: self.stream_id,
             code,
-            message: Utf8Bytes::from(message),
+            message: fit_message(message, self.max_frame_len),
         }
     }
 }
 
-/// A request whose handler had to wait, continued in its own task.
+/// A stream's flow-control credit on the server: bytes of DATA it may still send before
+/// the client grants more (`PROTOCOL.md` §7.8). The connection task grants, the stream
+/// spends and waits.
+pub(super) struct Credit {
+    window: AtomicI64,
+    granted: Notify,
+}
+
+/// Credit beyond this is not counted: a client granting without end cannot overflow it.
+const MAX_CREDIT: i64 = 1 << 40;
+
+impl Credit {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            window: AtomicI64::new(i64::from(INITIAL_STREAM_WINDOW)),
+            granted: Notify::new(),
+        })
+    }
+
+    /// Whether a DATA frame may be sent now. Any positive credit admits one frame, so a
+    /// frame larger than the window still passes (and the credit goes negative).
+    pub(super) fn available(&self) -> bool {
+        self.window.load(Ordering::Acquire) > 0
+    }
+
+    /// Charges `frame` to the window if it is DATA (END and ERROR are free).
+    pub(super) fn spend(&self, frame: &Frame) {
+        if let Frame::Data { payload, .. } = frame {
+            let cost = window_cost(payload.len()) as i64;
+            self.window.fetch_sub(cost, Ordering::AcqRel);
+        }
+    }
+
+    pub(super) fn grant(&self, increment: u32) {
+        let _ = self
+            .window
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some((w + i64::from(increment)).min(MAX_CREDIT))
+            });
+        self.granted.notify_one();
+    }
+
+    async fn wait(&self) {
+        while !self.available() {
+            self.granted.notified().await;
+        }
+    }
+}
+
+/// Why a stream stopped before its handler finished.
+enum Stop {
+    /// The client cancelled, or the connection closed: send nothing more.
+    Cancelled,
+    /// The request's deadline passed on the server.
+    Deadline,
+}
+
+/// A request whose handler had to wait (or ran out of credit), continued in its own task.
 pub(super) struct StreamTask {
     pub(super) responses: HandlerStream,
     pub(super) framer: Framer,
-    pub(super) tx: mpsc::Sender<Frame>,
+    pub(super) tx: mpsc::Sender<Outbound>,
+    /// The connection's output budget: frames wait for their share before queueing.
+    pub(super) budget: Arc<Semaphore>,
+    pub(super) credit: Arc<Credit>,
+    /// Fired by the client's CANCEL or the connection closing.
     pub(super) token: CancellationToken,
-    /// The server's drain timeout passed: stop and say so.
-    pub(super) abort: CancellationToken,
     pub(super) deadline: Option<Instant>,
     pub(super) permit: OwnedSemaphorePermit,
 }
 
 impl StreamTask {
     pub(super) async fn run(mut self) {
-        if let Some(terminal) = self.drive().await {
-            let _ = self.tx.send(terminal).await;
-        }
-        drop(self.permit);
-    }
-
-    /// Forwards responses until the handler ends, fails, or is cancelled; returns the
-    /// terminal frame to send, if any (a client-cancelled stream gets none). `None` too
-    /// when the connection is gone.
-    async fn drive(&mut self) -> Option<Frame> {
         let deadline = self.deadline;
-        let deadline = async move {
+        let timer = async move {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
-        tokio::pin!(deadline);
-        // Created once: each creation takes the lock of a token every stream shares.
-        let abort = self.abort.clone();
-        let abort = abort.cancelled();
-        tokio::pin!(abort);
+        tokio::pin!(timer);
+        let terminal = match self.drive(timer).await {
+            Ok(terminal) => Some(terminal),
+            Err(Stop::Cancelled) => None,
+            Err(Stop::Deadline) => {
+                self.token.cancel();
+                let message = "request deadline passed on the server".to_owned();
+                Some(self.framer.error(ErrorCode::DeadlineExceeded, message))
+            }
+        };
+        // Unguarded: the token may have fired for the deadline. A closing connection
+        // closes the budget and the channel, which ends these waits.
+        if let Some(terminal) = terminal
+            && let Some(out) = Outbound::reserve(terminal, &self.budget).await
+        {
+            let _ = self.tx.send(out).await;
+        }
+        drop(self.permit);
+    }
+
+    /// Forwards responses until the handler ends or fails (the terminal frame to send),
+    /// or the stream is stopped.
+    async fn drive<D: Future<Output = ()>>(
+        &mut self,
+        mut deadline: Pin<&mut D>,
+    ) -> Result<Frame, Stop> {
         loop {
+            if !self.credit.available() {
+                guarded(&self.token, deadline.as_mut(), self.credit.wait()).await?;
+            }
+            // A handler that is always ready never reaches the select below: the deadline
+            // is checked per item, so a fast stream stops at it too.
+            if self.deadline.is_some_and(|at| Instant::now() >= at) {
+                return Err(Stop::Deadline);
+            }
             let next = match self.responses.next().now_or_never() {
-                Some(next) if !self.token.is_cancelled() => next,
-                _ => {
+                Some(_) if self.token.is_cancelled() => return Err(Stop::Cancelled),
+                Some(next) => next,
+                None => {
                     if let Some(data) = self.framer.release() {
-                        self.tx.send(data).await.ok()?;
+                        self.send(deadline.as_mut(), data).await?;
                     }
-                    tokio::select! {
-                        biased;
-                        _ = self.token.cancelled() => return None,
-                        _ = &mut abort => {
-                            self.token.cancel();
-                            let message = "server shut down before the request finished".to_owned();
-                            return Some(self.framer.error(ErrorCode::ShuttingDown, message));
-                        }
-                        _ = &mut deadline => {
-                            self.token.cancel();
-                            let message = "request deadline passed on the server".to_owned();
-                            return Some(self.framer.error(ErrorCode::DeadlineExceeded, message));
-                        }
-                        next = self.responses.next() => next,
-                    }
+                    guarded(&self.token, deadline.as_mut(), self.responses.next()).await?
                 }
             };
             match self.framer.step(next) {
                 Step::Continue(data) => {
                     if let Some(data) = data {
-                        self.tx.send(data).await.ok()?;
+                        self.send(deadline.as_mut(), data).await?;
                     }
                 }
                 Step::Finish {
@@ -177,14 +250,44 @@ impl StreamTask {
                     stop_handler,
                 } => {
                     if let Some(data) = data {
-                        self.tx.send(data).await.ok()?;
+                        self.send(deadline.as_mut(), data).await?;
                     }
                     if stop_handler {
                         self.token.cancel();
                     }
-                    return Some(terminal);
+                    return Ok(terminal);
                 }
             }
         }
+    }
+
+    /// Queues one DATA frame, charging it to the stream's credit.
+    async fn send<D: Future<Output = ()>>(
+        &mut self,
+        mut deadline: Pin<&mut D>,
+        frame: Frame,
+    ) -> Result<(), Stop> {
+        self.credit.spend(&frame);
+        let reserve = Outbound::reserve(frame, &self.budget);
+        let out = guarded(&self.token, deadline.as_mut(), reserve)
+            .await?
+            .ok_or(Stop::Cancelled)?;
+        guarded(&self.token, deadline, self.tx.send(out))
+            .await?
+            .map_err(|_| Stop::Cancelled)
+    }
+}
+
+/// `fut`, unless the stream is cancelled or its deadline passes first.
+async fn guarded<F: Future, D: Future<Output = ()>>(
+    token: &CancellationToken,
+    deadline: Pin<&mut D>,
+    fut: F,
+) -> Result<F::Output, Stop> {
+    tokio::select! {
+        biased;
+        _ = token.cancelled() => Err(Stop::Cancelled),
+        () = deadline => Err(Stop::Deadline),
+        out = fut => Ok(out),
     }
 }

@@ -79,8 +79,18 @@ impl NatsServer {
             port: free_port(),
             options,
         };
-        server.launch();
-        Some(server)
+        // A free port can be taken by another test before nats-server binds it: then
+        // nats-server exits at startup, and a fresh port is tried.
+        for _ in 0..3 {
+            match server.launch() {
+                Ok(()) => return Some(server),
+                Err(log) if log.contains("address already in use") => {
+                    server.port = free_port();
+                }
+                Err(log) => panic!("nats-server failed to start; log:\n{log}"),
+            }
+        }
+        panic!("nats-server found no free port; log:\n{}", server.log());
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -96,7 +106,8 @@ impl NatsServer {
         self.dir.path().join(name)
     }
 
-    fn launch(&mut self) {
+    /// Starts nats-server and waits until it greets; `Err(log)` if it exits first.
+    fn launch(&mut self) -> Result<(), String> {
         let log = File::options()
             .create(true)
             .append(true)
@@ -123,25 +134,30 @@ impl NatsServer {
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits for nats-server's INFO greeting: a bare connect could reach another
+    /// listener that took the port first.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + STARTUP_PATIENCE;
         let addr = ([127, 0, 0, 1], self.port).into();
         loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
+            if let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut greeting = String::new();
+                let _ = BufReader::new(stream).read_line(&mut greeting);
+                if greeting.starts_with("INFO") {
+                    return Ok(());
+                }
             }
             if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
-                    "nats-server exited with {status} at startup; log:\n{}",
-                    self.log()
-                );
+                self.child = None;
+                return Err(format!("exited with {status}\n{}", self.log()));
             }
             assert!(
                 Instant::now() < deadline,
@@ -167,7 +183,9 @@ impl NatsServer {
     /// Starts nats-server again on the same port (and JetStream store) after [`stop`](Self::stop).
     pub fn start_again(&mut self) {
         self.stop();
-        self.launch();
+        if let Err(log) = self.launch() {
+            panic!("nats-server failed to restart; log:\n{log}");
+        }
     }
 
     /// Publishes `payload` on `subject` as a bare NATS client speaking the text protocol

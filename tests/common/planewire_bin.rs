@@ -176,6 +176,10 @@ impl Running {
             .expect("a line from the child in time")
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `kill -SIGNAL PID`.
     pub fn signal(&self, signal: &str) {
         let sent = Command::new("kill")
