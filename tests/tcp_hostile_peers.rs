@@ -608,3 +608,52 @@ async fn stream_id_rules() {
     raw.send(&Frame::Cancel { stream_id: 1 }).await;
     within("shutdown", shutdown).await;
 }
+
+/// Item 9: with its descriptors exhausted, the server's accept loop backs off instead of
+/// spinning, and accepts again once descriptors free up. A real process with a small
+/// `RLIMIT_NOFILE`.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_backs_off_when_descriptors_run_out_and_recovers() {
+    let setup = planewire_bin::Setup::file("10").env("DYN_TCP_RPC_HOST", "127.0.0.1");
+    let server = setup.serve_with_file_limit(64, &["--endpoint", "t/w/echo"]);
+    // More connections than the server has descriptors: the rest wait in the backlog.
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        held.push(raw_connect(&server.address).await);
+    }
+    let mut probe = raw_connect(&server.address).await;
+    probe
+        .send(&request_to(1, "t/w/echo", Bytes::from_static(b"hi"), None))
+        .await;
+    let cpu_before = server.process.cpu_time();
+    let wall = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu = server.process.cpu_time() - cpu_before;
+    assert!(
+        cpu < wall.elapsed() / 4,
+        "the server used {cpu:?} of CPU in {:?} while out of descriptors",
+        wall.elapsed()
+    );
+    drop(held);
+    match probe.next_frame().await {
+        Some(Frame::End {
+            stream_id: 1,
+            payload,
+        }) => assert_eq!(payload, "hi"),
+        other => panic!("the waiting connection got {other:?}"),
+    }
+    let mut fresh = raw_connect(&server.address).await;
+    fresh
+        .send(&request_to(
+            2,
+            "t/w/echo",
+            Bytes::from_static(b"again"),
+            None,
+        ))
+        .await;
+    assert!(matches!(
+        fresh.next_frame().await,
+        Some(Frame::End { stream_id: 2, .. })
+    ));
+}

@@ -44,6 +44,7 @@ async fn garbage_bytes_close_only_that_connection() {
     assert_still_serving(&server, &healthy).await;
 }
 
+/// A version-1 peer (no flow control) is refused on its first frame, by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_version_is_refused_by_name() {
     let server = echo_server().await;
@@ -56,11 +57,14 @@ async fn wrong_version_is_refused_by_name() {
         &mut wire,
     )
     .unwrap();
-    wire[1] = 2;
+    wire[1] = 1;
     raw.send_bytes(&wire).await;
     let (code, message) = go_away_code(&raw.until_closed().await).expect("go-away");
     assert_eq!(code, ErrorCode::Protocol);
-    assert!(message.contains("version 2"), "{message}");
+    assert!(
+        message.contains("version 1") && message.contains("speaks version 2"),
+        "{message}"
+    );
     assert_still_serving(&server, &healthy).await;
 }
 
@@ -85,29 +89,6 @@ async fn oversize_length_is_refused_from_the_header_without_waiting_for_the_body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn half_sent_frame_then_close_leaves_the_server_healthy() {
-    let server = echo_server().await;
-    let healthy = client();
-    let mut raw = RawConn::connect(&server).await;
-    let mut wire = BytesMut::new();
-    encode_frame(
-        &request_frame(1, &path("echo"), b"never finished"),
-        usize::MAX,
-        &mut wire,
-    )
-    .unwrap();
-    raw.send_bytes(&wire[..wire.len() / 2]).await;
-    tokio::io::AsyncWriteExt::shutdown(&mut raw.stream)
-        .await
-        .unwrap();
-    assert!(
-        raw.until_closed().await.is_empty(),
-        "no response to half a request"
-    );
-    assert_still_serving(&server, &healthy).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_only_rules_are_enforced() {
     let server = echo_server().await;
     let mut raw = RawConn::connect(&server).await;
@@ -129,40 +110,6 @@ async fn client_only_rules_are_enforced() {
     let (code, message) = go_away_code(&raw.until_closed().await).expect("go-away");
     assert_eq!(code, ErrorCode::Protocol);
     assert!(message.contains("DATA"), "{message}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reusing_an_open_stream_id_is_refused() {
-    let server = echo_server().await;
-    server
-        .register(
-            &path("hang"),
-            |_req: Request, _cancel: CancellationToken| {
-                futures::stream::pending::<Result<Bytes, HandlerError>>()
-            },
-        )
-        .await
-        .unwrap();
-    let mut raw = RawConn::connect(&server).await;
-    raw.send(&request_frame(7, &path("hang"), b"")).await;
-    raw.send(&request_frame(7, &path("hang"), b"")).await;
-    match raw.next_frame().await {
-        Some(Frame::Error {
-            stream_id: 7,
-            code: ErrorCode::StreamIdInUse,
-            ..
-        }) => {}
-        other => panic!("expected StreamIdInUse, got {other:?}"),
-    }
-    raw.send(&Frame::Cancel { stream_id: 7 }).await;
-    raw.send(&request_frame(8, &path("echo"), b"next")).await;
-    assert_eq!(
-        raw.next_frame().await,
-        Some(Frame::End {
-            stream_id: 8,
-            payload: Bytes::from_static(b"next")
-        })
-    );
 }
 
 /// A server on its own runtime, so the test can kill it the way a crash would: every

@@ -121,6 +121,30 @@ impl Setup {
         Server::start(Running::spawn(command))
     }
 
+    /// Like [`serve`](Self::serve), in a process allowed `max_files` open descriptors.
+    #[cfg(target_os = "linux")]
+    pub fn serve_with_file_limit(&self, max_files: u64, args: &[&str]) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mut command = self.command(&["serve"]);
+        command.args(args);
+        let limit = libc::rlimit {
+            rlim_cur: max_files,
+            rlim_max: max_files,
+        };
+        // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else
+        // between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        Server::start(Running::spawn(command))
+    }
+
     /// `planewire discovery list [PREFIX]`, parsed.
     pub fn list(&self, prefix: Option<&str>) -> Vec<InstanceRecord> {
         let mut args = vec!["discovery", "list"];
@@ -178,6 +202,21 @@ impl Running {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// User plus system CPU time the child has used so far (Linux `/proc`).
+    #[cfg(target_os = "linux")]
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("/proc stat of the child");
+        // Fields after the parenthesised command name; utime and stime are the 14th and
+        // 15th fields of the whole line.
+        let rest = &stat[stat.rfind(')').expect("command name in /proc stat") + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / per_second)
     }
 
     /// Sends `kill -SIGNAL PID`.
