@@ -494,7 +494,21 @@ async fn a_slowloris_is_reaped_while_others_are_served() {
                 );
                 goaways[0] += 1;
             }
-            [Frame::GoAway { code, message, .. }] if *code == ErrorCode::NoError => {
+            // An idle close in two steps: a GOAWAY refusing nothing and a PING; with no
+            // PONG, the real GOAWAY after the frame timeout.
+            [
+                Frame::GoAway {
+                    code: ErrorCode::NoError,
+                    last_stream_id: u64::MAX,
+                    message,
+                },
+                Frame::Ping { .. },
+                Frame::GoAway {
+                    code: ErrorCode::NoError,
+                    last_stream_id: 0,
+                    ..
+                },
+            ] => {
                 assert!(
                     message.as_str().contains("DYN_TCP_IDLE_TIMEOUT"),
                     "{message}"
@@ -512,6 +526,25 @@ async fn a_slowloris_is_reaped_while_others_are_served() {
     })
     .await;
     assert_echoes(&healthy, &addr, "served after the slowloris").await;
+}
+
+/// A pooled client whose connections the server closes for idleness, sending just as
+/// they close: every call succeeds (a request sent before the client saw the GOAWAY is
+/// served; one after goes on a new connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_closes_never_fail_a_request() {
+    let tcp = TcpConfig {
+        idle_timeout: Duration::from_millis(100),
+        ..tcp_config()
+    };
+    let server = server_with_config(tcp, Duration::from_secs(1)).await;
+    let client = client();
+    let addr = server.local_addr().to_string();
+    for i in 0..40u64 {
+        // Idle periods around the timeout, so that requests meet closes at every stage.
+        tokio::time::sleep(Duration::from_millis(80 + (i * 7) % 40)).await;
+        assert_echoes(&client, &addr, &format!("call {i}")).await;
+    }
 }
 
 /// Item 10: what the server does with stream ids it should never see.

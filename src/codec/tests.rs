@@ -744,3 +744,45 @@ proptest! {
         }
     }
 }
+
+/// The header-only examples of PROTOCOL.md §8.3, byte for byte.
+#[test]
+fn protocol_md_header_examples_match_the_encoder() {
+    let doc = include_str!("../../PROTOCOL.md");
+    let cases = [
+        (
+            "END stream 1, no payload:",
+            Frame::End {
+                stream_id: 1,
+                payload: Bytes::new(),
+            },
+        ),
+        (
+            "GOAWAY last_stream_id 7, NoError:",
+            Frame::GoAway {
+                last_stream_id: 7,
+                code: ErrorCode::NoError,
+                message: Utf8Bytes::default(),
+            },
+        ),
+        ("PING opaque 0xdead:", Frame::Ping { opaque: 0xdead }),
+        (
+            "WINDOW_UPDATE stream 1, 1 MiB:",
+            Frame::WindowUpdate {
+                stream_id: 1,
+                increment: 1 << 20,
+            },
+        ),
+    ];
+    for (label, frame) in cases {
+        let line = doc
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("PROTOCOL.md has no line {label:?}"));
+        let documented: Vec<u8> = line[label.len()..]
+            .split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
+        assert_eq!(&encode(&frame)[..], &documented[..], "{label}");
+    }
+}

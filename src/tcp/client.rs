@@ -8,6 +8,7 @@ use crate::planes::{Request, RequestError, RequestPlaneClient};
 use crate::pool::Pools;
 
 pub use super::client_conn::ResponseStream;
+use super::client_conn::StartError;
 
 /// Sends requests to TCP request-plane servers. Cheap to share: wrap it in an `Arc`.
 pub struct TcpClient {
@@ -59,8 +60,17 @@ impl TcpClient {
             .map_err(RequestError::from_encode)?;
         let pool = self.pools.get(address, &self.config);
         let start = async {
-            let conn = pool.connection().await?;
-            conn.start(frame, deadline, timeout).await
+            let mut frame = frame;
+            // A connection the server is closing (idle, or draining) hands the request
+            // back unsent; the pool no longer picks that connection, so this ends.
+            loop {
+                let conn = pool.connection().await?;
+                match conn.start(frame, deadline, timeout).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(StartError::GoingAway(request)) => frame = request,
+                    Err(StartError::Failed(err)) => return Err(err),
+                }
+            }
         };
         tokio::time::timeout_at(deadline, start)
             .await

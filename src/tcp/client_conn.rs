@@ -20,9 +20,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::io::{FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound, write_loop};
+use super::io::{FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound, budget_share, write_loop};
 use super::stream_slot::{Next, StreamSlot};
-use crate::codec::{ErrorCode, Frame, RequestFrame};
+use crate::codec::{ErrorCode, Frame, HEADER_LEN, RequestFrame};
 use crate::config::TcpConfig;
 use crate::planes::RequestError;
 use crate::sync::lock;
@@ -64,6 +64,14 @@ impl Shared {
             slot.finish(Err(error.clone()));
         }
     }
+}
+
+/// Why [`ClientConnection::start`] did not open a stream.
+pub(crate) enum StartError {
+    /// The server is closing this connection (GOAWAY); the request, never sent, can go
+    /// on another connection.
+    GoingAway(RequestFrame),
+    Failed(RequestError),
 }
 
 /// A handle to one pooled connection. Dropping every handle closes the socket once the
@@ -150,19 +158,43 @@ impl ClientConnection {
     }
 
     /// Opens a stream: registers it, then queues the request (waiting while the
-    /// connection's request queue is full). `request` must already be size-checked; its
-    /// stream id is assigned here.
+    /// connection's output budget is spent). `request` must already be size-checked; its
+    /// stream id is assigned here. A connection the server is closing gives the request
+    /// back untouched, for another connection.
     pub(crate) async fn start(
         &self,
         mut request: RequestFrame,
         deadline: Instant,
         timeout: Duration,
-    ) -> Result<ResponseStream, RequestError> {
-        let stream_id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
+    ) -> Result<ResponseStream, StartError> {
+        let len = request.checked_len(usize::MAX).unwrap_or(HEADER_LEN);
+        let Some(permit) = budget_share(len, &self.budget).await else {
+            let reason = "the connection closed before the request was sent";
+            return Err(StartError::Failed(self.lost(reason)));
+        };
         let slot = Arc::new(StreamSlot::default());
-        // Register before sending: the answer can arrive before `send` returns.
-        lock(&self.shared.streams).insert(stream_id, Arc::clone(&slot));
-        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        // Under the streams lock, which a GOAWAY also takes: a request queued here goes
+        // out before the PONG that tells the server we have seen the GOAWAY, and one
+        // that comes later sees the GOAWAY and goes elsewhere.
+        let (stream_id, waiting) = {
+            let mut streams = lock(&self.shared.streams);
+            if self.shared.going_away.load(Ordering::Relaxed) {
+                return Err(StartError::GoingAway(request));
+            }
+            let stream_id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
+            // Registered before sending: the answer can arrive before `send` returns.
+            streams.insert(stream_id, Arc::clone(&slot));
+            self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+            request.stream_id = stream_id;
+            // The server gets the time left, so its handler stops when we stop waiting.
+            request.timeout = Some(deadline.saturating_duration_since(Instant::now()));
+            let out = Outbound::budgeted(Frame::Request(request), permit);
+            match self.tx.try_send(out) {
+                Ok(()) => (stream_id, None),
+                Err(mpsc::error::TrySendError::Full(out)) => (stream_id, Some(Ok(out))),
+                Err(mpsc::error::TrySendError::Closed(_)) => (stream_id, Some(Err(()))),
+            }
+        };
         let mut stream = ResponseStream {
             slot,
             stream_id,
@@ -171,17 +203,16 @@ impl ClientConnection {
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             timeout,
         };
-        request.stream_id = stream_id;
-        // The server gets the time left, so its handler stops when we stop waiting.
-        request.timeout = Some(deadline.saturating_duration_since(Instant::now()));
-        let queued = match Outbound::reserve(Frame::Request(request), &self.budget).await {
-            Some(out) => self.tx.send(out).await.is_ok(),
-            None => false,
+        let queued = match waiting {
+            None => true,
+            Some(Ok(out)) => self.tx.send(out).await.is_ok(),
+            Some(Err(())) => false,
         };
         if !queued {
             stream.tx = None;
             self.shared.remove_stream(stream_id);
-            return Err(self.lost("the connection closed before the request was sent"));
+            let reason = "the connection closed before the request was sent";
+            return Err(StartError::Failed(self.lost(reason)));
         }
         Ok(stream)
     }
@@ -264,7 +295,11 @@ fn on_frame(shared: &Shared, tx: &mpsc::WeakSender<Outbound>, frame: Frame) -> R
             code,
             message,
         } => {
-            shared.going_away.store(true, Ordering::Relaxed);
+            {
+                // Ordered against `start`, which queues requests under this lock.
+                let _streams = lock(&shared.streams);
+                shared.going_away.store(true, Ordering::Relaxed);
+            }
             if code != ErrorCode::NoError {
                 tracing::warn!(address = %shared.address, ?code, %message, "server reported a connection error");
             }

@@ -276,17 +276,19 @@ pub(crate) struct Outbound {
 
 impl Outbound {
     /// Waits for `frame`'s share of `budget` (its wire length, at most the whole budget:
-    /// a frame larger than the budget waits until it has the budget to itself).
+    /// a frame larger than the budget waits until it has the budget to itself). `None`
+    /// once the budget is closed (the connection is closing).
     pub(crate) async fn reserve(frame: Frame, budget: &Arc<Semaphore>) -> Option<Self> {
-        let share = budget_share(&frame);
-        let permit = match Arc::clone(budget).try_acquire_many_owned(share) {
-            Ok(permit) => permit,
-            Err(_) => Arc::clone(budget).acquire_many_owned(share).await.ok()?,
-        };
-        Some(Self {
+        let len = frame.checked_len(usize::MAX).unwrap_or(HEADER_LEN);
+        let permit = budget_share(len, budget).await?;
+        Some(Self::budgeted(frame, permit))
+    }
+
+    pub(crate) fn budgeted(frame: Frame, permit: OwnedSemaphorePermit) -> Self {
+        Self {
             frame,
             _budget: Some(permit),
-        })
+        }
     }
 
     /// A CANCEL, WINDOW_UPDATE or PONG: small, and bounded by their senders.
@@ -298,14 +300,21 @@ impl Outbound {
     }
 }
 
+/// The share of `budget` for a frame of `len` bytes (see [`Outbound::reserve`]).
+pub(crate) async fn budget_share(
+    len: usize,
+    budget: &Arc<Semaphore>,
+) -> Option<OwnedSemaphorePermit> {
+    let share = len.min(OUTPUT_BUDGET) as u32;
+    match Arc::clone(budget).try_acquire_many_owned(share) {
+        Ok(permit) => Some(permit),
+        Err(_) => Arc::clone(budget).acquire_many_owned(share).await.ok(),
+    }
+}
+
 /// Output bytes a connection lets wait in its queues before producers wait: a few MiB,
 /// whatever the peer does. A single frame larger than this still passes, alone.
 pub(crate) const OUTPUT_BUDGET: usize = 4 * 1024 * 1024;
-
-fn budget_share(frame: &Frame) -> u32 {
-    let len = frame.checked_len(usize::MAX).unwrap_or(HEADER_LEN);
-    len.min(OUTPUT_BUDGET) as u32
-}
 
 /// Drains `rx` into `writer` until every sender is gone, batching whatever is queued into
 /// each write.

@@ -46,6 +46,9 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// destroys responses the peer has not read yet.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// The PING that asks an idle connection's client whether it has seen the first GOAWAY.
+const IDLE_PING: u64 = u64::from_le_bytes(*b"idle-pw\0");
+
 /// A stream whose handler runs in its own task.
 struct OpenStream {
     token: CancellationToken,
@@ -103,8 +106,11 @@ struct Connection {
     /// Bytes stream tasks may have queued in `tx`.
     budget: Arc<Semaphore>,
     peer: SocketAddr,
-    /// We sent a graceful GOAWAY.
+    /// We sent a graceful GOAWAY: requests from now on are refused.
     draining: bool,
+    /// When an idle connection's first GOAWAY (no new requests, those on their way are
+    /// served) and its PING went out.
+    idle_since: Option<Instant>,
     /// The client sent GOAWAY: it promised no new requests.
     peer_going_away: bool,
     /// The client shut its write side: no more requests, but every open stream still
@@ -135,6 +141,7 @@ pub(super) async fn serve_connection(
         budget: Arc::new(Semaphore::new(OUTPUT_BUDGET)),
         peer,
         draining: false,
+        idle_since: None,
         peer_going_away: false,
         read_closed: false,
     };
@@ -226,11 +233,16 @@ impl Connection {
         if self.read_closed {
             return at;
         }
+        if let Some(since) = self.idle_since
+            && !self.draining
+        {
+            consider(since + tcp.frame);
+        }
         match reader.partial_since() {
             // Paused reading is our doing, not the peer's: the frame clock waits.
             Some(since) if queued < OUTPUT_BUDGET => consider(since + tcp.frame),
             Some(_) => {}
-            None if queued == 0 && self.streams.is_empty() => {
+            None if queued == 0 && self.idle_since.is_none() && self.streams.is_empty() => {
                 let active = reader.last_read().max(self.writer.last_progress());
                 consider(active + tcp.idle);
             }
@@ -251,6 +263,14 @@ impl Connection {
         if self.read_closed {
             return None;
         }
+        if let Some(since) = self.idle_since
+            && !self.draining
+            && now >= since + tcp.frame
+        {
+            // No PONG: the client does not answer pings, or is gone.
+            self.close_idle();
+            return None;
+        }
         match reader.partial_since() {
             Some(since) if queued < OUTPUT_BUDGET && now >= since + tcp.frame => {
                 let message = format!(
@@ -260,17 +280,40 @@ impl Connection {
                 tracing::debug!(peer = %self.peer, "{message}");
                 Some(self.fail(ErrorCode::Protocol, message))
             }
-            None if queued == 0 && self.streams.is_empty() => {
+            None if queued == 0 && self.idle_since.is_none() && self.streams.is_empty() => {
                 let active = reader.last_read().max(self.writer.last_progress());
-                if now < active + tcp.idle {
-                    return None;
+                if now >= active + tcp.idle {
+                    self.announce_idle_close(now);
                 }
-                let message = format!("connection idle for {:?} (DYN_TCP_IDLE_TIMEOUT)", tcp.idle);
-                self.go_away(ErrorCode::NoError, message);
-                Some(Close::Done)
+                None
             }
             _ => None,
         }
+    }
+
+    /// The first half of an idle close, as HTTP/2 does a graceful one: a GOAWAY that
+    /// refuses nothing (`last_stream_id` is the largest id), so a request the client sent
+    /// before seeing it is still served, and a PING whose PONG says the client has seen
+    /// it.
+    fn announce_idle_close(&mut self, now: Instant) {
+        self.idle_since = Some(now);
+        self.writer.push(Frame::GoAway {
+            last_stream_id: u64::MAX,
+            code: ErrorCode::NoError,
+            message: fit_message(self.idle_message(), self.shared.max_frame_len),
+        });
+        self.writer.push(Frame::Ping { opaque: IDLE_PING });
+    }
+
+    /// The second half: the real GOAWAY; the connection closes once its streams end.
+    fn close_idle(&mut self) {
+        self.draining = true;
+        self.go_away(ErrorCode::NoError, self.idle_message());
+    }
+
+    fn idle_message(&self) -> String {
+        let idle = self.shared.timeouts.idle;
+        format!("connection idle for {idle:?} (DYN_TCP_IDLE_TIMEOUT)")
     }
 
     fn on_decode_error(&mut self, err: CodecError) -> Close {
@@ -320,7 +363,11 @@ impl Connection {
                 }
             }
             Frame::Ping { opaque } => self.writer.push(Frame::Pong { opaque }),
-            Frame::Pong { .. } => {}
+            Frame::Pong { opaque } => {
+                if opaque == IDLE_PING && self.idle_since.is_some() && !self.draining {
+                    self.close_idle();
+                }
+            }
             Frame::GoAway { message, .. } => {
                 self.peer_going_away = true;
                 tracing::debug!(peer = %self.peer, %message, "client sent go-away");
