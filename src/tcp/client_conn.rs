@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,7 +20,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::io::{FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound, budget_share, write_loop};
+use super::io::{
+    FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound, Side, budget_share, write_loop,
+};
 use super::stream_slot::{Next, StreamSlot};
 use crate::codec::{ErrorCode, Frame, HEADER_LEN, RequestFrame};
 use crate::config::TcpConfig;
@@ -34,6 +36,8 @@ struct Shared {
     in_flight: AtomicUsize,
     /// Set after go-away: finish what is open, start nothing new.
     going_away: AtomicBool,
+    /// Held shared while a request is queued, exclusively while `going_away` is set.
+    send_gate: RwLock<()>,
     /// Fired when the connection is dead (reader or writer ended).
     closed: CancellationToken,
     /// Mirrors `closed` for the pool's per-request checks: reading a token takes its lock,
@@ -110,12 +114,13 @@ impl ClientConnection {
             streams: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             going_away: AtomicBool::new(false),
+            send_gate: RwLock::new(()),
             closed: CancellationToken::new(),
             is_closed: AtomicBool::new(false),
             read_capacity: reader.held_bytes(),
             max_frame_len: config.max_message_size,
         });
-        let writer = FrameWriter::new(wr, config.max_message_size);
+        let writer = FrameWriter::new(wr, config.max_message_size, Side::Client);
         let writer_shared = Arc::clone(&shared);
         tokio::spawn(async move {
             // Once the reader has seen the server close, the socket goes at once: the
@@ -168,22 +173,26 @@ impl ClientConnection {
         timeout: Duration,
     ) -> Result<ResponseStream, StartError> {
         let len = request.checked_len(usize::MAX).unwrap_or(HEADER_LEN);
-        let Some(permit) = budget_share(len, &self.budget).await else {
+        let Ok(permit) = budget_share(len, &self.budget).await else {
             let reason = "the connection closed before the request was sent";
             return Err(StartError::Failed(self.lost(reason)));
         };
         let slot = Arc::new(StreamSlot::default());
-        // Under the streams lock, which a GOAWAY also takes: a request queued here goes
-        // out before the PONG that tells the server we have seen the GOAWAY, and one
-        // that comes later sees the GOAWAY and goes elsewhere.
+        // Behind the send gate, which a GOAWAY closes: a request queued here goes out
+        // before the PONG that tells the server we have seen the GOAWAY, and one that
+        // comes later sees the GOAWAY and goes elsewhere. Callers share the gate.
         let (stream_id, waiting) = {
-            let mut streams = lock(&self.shared.streams);
+            let _gate = self
+                .shared
+                .send_gate
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
             if self.shared.going_away.load(Ordering::Relaxed) {
                 return Err(StartError::GoingAway(request));
             }
             let stream_id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
             // Registered before sending: the answer can arrive before `send` returns.
-            streams.insert(stream_id, Arc::clone(&slot));
+            lock(&self.shared.streams).insert(stream_id, Arc::clone(&slot));
             self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
             request.stream_id = stream_id;
             // The server gets the time left, so its handler stops when we stop waiting.
@@ -296,8 +305,8 @@ fn on_frame(shared: &Shared, tx: &mpsc::WeakSender<Outbound>, frame: Frame) -> R
             message,
         } => {
             {
-                // Ordered against `start`, which queues requests under this lock.
-                let _streams = lock(&shared.streams);
+                // Ordered against `start`, which queues requests behind this gate.
+                let _gate = shared.send_gate.write().unwrap_or_else(|e| e.into_inner());
                 shared.going_away.store(true, Ordering::Relaxed);
             }
             if code != ErrorCode::NoError {

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::codec::{CodecError, Frame, FrameDecoder, HEADER_LEN, WriteQueue};
+use crate::codec::{CodecError, FLATTEN_BELOW, Frame, FrameDecoder, HEADER_LEN, WriteQueue};
 
 /// Free space below which the read buffer is topped up before a `read`.
 const MIN_READ_SPACE: usize = 4096;
@@ -151,13 +151,24 @@ pub(crate) struct FrameWriter<W> {
     /// Wire bytes of the frames in `urgent` and `backlog`.
     waiting: usize,
     max_frame_len: usize,
+    /// Whether PONG overtakes queued data. Not on a client: its PONG tells the server
+    /// that every request sent before it has arrived (`PROTOCOL.md` §7.11), so it
+    /// keeps its place behind them.
+    urgent_pong: bool,
     /// When output last moved (or started waiting): a peer that stops reading is seen
     /// by this not advancing.
     last_progress: Instant,
 }
 
+/// Which end of the connection a [`FrameWriter`] writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Client,
+    Server,
+}
+
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
-    pub(crate) fn new(io: W, max_frame_len: usize) -> Self {
+    pub(crate) fn new(io: W, max_frame_len: usize, side: Side) -> Self {
         Self {
             io,
             writing: WriteQueue::new(),
@@ -165,12 +176,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             backlog: VecDeque::new(),
             waiting: 0,
             max_frame_len,
+            urgent_pong: side == Side::Server,
             last_progress: Instant::now(),
         }
     }
 
-    /// Queues a frame: GOAWAY, PING, PONG and WINDOW_UPDATE go ahead of queued data, the
-    /// rest in order. Senders check sizes (and fit error messages) before a frame
+    /// Queues a frame: GOAWAY, PING, WINDOW_UPDATE (and a server's PONG) go ahead of
+    /// queued data, the rest in order. Senders check sizes (and fit error messages) before a frame
     /// reaches the writer, so a failure here is a bug upstream; the frame is dropped and
     /// logged, never half-written.
     pub(crate) fn push(&mut self, frame: Frame) {
@@ -185,12 +197,15 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             self.last_progress = Instant::now();
         }
         self.waiting += len;
-        match frame {
-            Frame::GoAway { .. }
-            | Frame::Ping { .. }
-            | Frame::Pong { .. }
-            | Frame::WindowUpdate { .. } => self.urgent.push_back((frame, len)),
-            _ => self.backlog.push_back((frame, len)),
+        let urgent = match frame {
+            Frame::GoAway { .. } | Frame::Ping { .. } | Frame::WindowUpdate { .. } => true,
+            Frame::Pong { .. } => self.urgent_pong,
+            _ => false,
+        };
+        if urgent {
+            self.urgent.push_back((frame, len));
+        } else {
+            self.backlog.push_back((frame, len));
         }
     }
 
@@ -275,19 +290,21 @@ pub(crate) struct Outbound {
 }
 
 impl Outbound {
-    /// Waits for `frame`'s share of `budget` (its wire length, at most the whole budget:
-    /// a frame larger than the budget waits until it has the budget to itself). `None`
-    /// once the budget is closed (the connection is closing).
+    /// Waits for `frame`'s share of `budget` (see [`budget_share`]). `None` once the
+    /// budget is closed (the connection is closing).
     pub(crate) async fn reserve(frame: Frame, budget: &Arc<Semaphore>) -> Option<Self> {
         let len = frame.checked_len(usize::MAX).unwrap_or(HEADER_LEN);
-        let permit = budget_share(len, budget).await?;
-        Some(Self::budgeted(frame, permit))
+        let permit = budget_share(len, budget).await.ok()?;
+        Some(Self {
+            frame,
+            _budget: permit,
+        })
     }
 
-    pub(crate) fn budgeted(frame: Frame, permit: OwnedSemaphorePermit) -> Self {
+    pub(crate) fn budgeted(frame: Frame, permit: Option<OwnedSemaphorePermit>) -> Self {
         Self {
             frame,
-            _budget: Some(permit),
+            _budget: permit,
         }
     }
 
@@ -300,15 +317,36 @@ impl Outbound {
     }
 }
 
-/// The share of `budget` for a frame of `len` bytes (see [`Outbound::reserve`]).
+/// Frames below this take no share of the output budget: the queues' frame counts bound
+/// them (256 × 16 KiB on a server connection), and small requests and responses skip
+/// the semaphore.
+const BUDGET_FROM: usize = FLATTEN_BELOW;
+
+/// The output budget is closed: the connection is closing.
+pub(crate) struct BudgetClosed;
+
+/// The share of `budget` for a frame of `len` bytes: its length, at most the whole
+/// budget (a frame larger than the budget waits until it has the budget to itself);
+/// `None` for a small frame.
 pub(crate) async fn budget_share(
     len: usize,
     budget: &Arc<Semaphore>,
-) -> Option<OwnedSemaphorePermit> {
+) -> Result<Option<OwnedSemaphorePermit>, BudgetClosed> {
+    if len < BUDGET_FROM {
+        return if budget.is_closed() {
+            Err(BudgetClosed)
+        } else {
+            Ok(None)
+        };
+    }
     let share = len.min(OUTPUT_BUDGET) as u32;
     match Arc::clone(budget).try_acquire_many_owned(share) {
-        Ok(permit) => Some(permit),
-        Err(_) => Arc::clone(budget).acquire_many_owned(share).await.ok(),
+        Ok(permit) => Ok(Some(permit)),
+        Err(_) => Arc::clone(budget)
+            .acquire_many_owned(share)
+            .await
+            .map(Some)
+            .map_err(|_| BudgetClosed),
     }
 }
 

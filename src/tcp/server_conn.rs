@@ -26,16 +26,18 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::io::{FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound};
+use super::io::{FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound, Side};
 use super::server::Shared;
-use super::stream_task::{Credit, Framer, Step, StreamTask};
-use crate::codec::{CodecError, ErrorCode, Frame, RequestFrame, fit_message};
+use super::stream_task::{Credit, Framer, Step, StreamTask, cost};
+use crate::codec::{
+    CodecError, ErrorCode, Frame, INITIAL_STREAM_WINDOW, RequestFrame, fit_message,
+};
 use crate::planes::Request;
 use crate::sync::lock;
 
-/// Frames from stream tasks waiting for the connection task (the output budget bounds
-/// their bytes; this their number).
-const OUTBOUND_QUEUE: usize = 1024;
+/// Frames from stream tasks waiting for the connection task: this bounds the small ones
+/// (to 4 MiB), the output budget the large ones.
+const OUTBOUND_QUEUE: usize = 256;
 /// Responses a ready handler may produce inline before the rest moves to its own task,
 /// so an endless ready stream cannot monopolize the connection.
 const INLINE_STEPS: usize = 64;
@@ -136,7 +138,7 @@ pub(super) async fn serve_connection(
             idle: Notify::new(),
             last_accepted: AtomicU64::new(0),
         }),
-        writer: FrameWriter::new(wr, shared.max_frame_len),
+        writer: FrameWriter::new(wr, shared.max_frame_len, Side::Server),
         tx,
         budget: Arc::new(Semaphore::new(OUTPUT_BUDGET)),
         peer,
@@ -242,7 +244,9 @@ impl Connection {
             // Paused reading is our doing, not the peer's: the frame clock waits.
             Some(since) if queued < OUTPUT_BUDGET => consider(since + tcp.frame),
             Some(_) => {}
-            None if queued == 0 && self.idle_since.is_none() && self.streams.is_empty() => {
+            // Whether streams are open is left to `on_timer`: this runs per frame, and
+            // an idle timer that fires on a busy connection is only re-armed.
+            None if queued == 0 && self.idle_since.is_none() => {
                 let active = reader.last_read().max(self.writer.last_progress());
                 consider(active + tcp.idle);
             }
@@ -454,26 +458,27 @@ impl Connection {
         let token = CancellationToken::new();
         let mut responses = endpoint.handler.call(request, token.clone());
         let mut framer = Framer::new(stream_id, self.shared.max_frame_len);
-        let credit = Credit::new();
+        // Window spent inline; a stream that continues in a task takes the rest along.
+        let mut spent = 0;
         // Most handlers answer without waiting (echo, cached results): take what is ready
         // here and write it directly, saving a task and a wake-up per request. Polling
         // with a no-op waker is sound: a stream that is not ready is handed to a task,
         // whose first poll registers a real waker.
         for _ in 0..INLINE_STEPS {
-            if !credit.available() || self.writer.queued() >= OUTPUT_BUDGET {
+            if spent >= i64::from(INITIAL_STREAM_WINDOW) || self.writer.queued() >= OUTPUT_BUDGET {
                 break;
             }
             let Some(next) = responses.next().now_or_never() else {
                 break;
             };
             match framer.step(next) {
-                Step::Continue(data) => self.push_data(&credit, data),
+                Step::Continue(data) => spent += self.push_data(data),
                 Step::Finish {
                     data,
                     terminal,
                     stop_handler,
                 } => {
-                    self.push_data(&credit, data);
+                    self.push_data(data);
                     self.writer.push(terminal);
                     if stop_handler {
                         token.cancel();
@@ -482,6 +487,7 @@ impl Connection {
                 }
             }
         }
+        let credit = Credit::after(spent);
         let stream = OpenStream {
             token: token.clone(),
             credit: Arc::clone(&credit),
@@ -505,11 +511,12 @@ impl Connection {
         Ok(())
     }
 
-    fn push_data(&mut self, credit: &Credit, data: Option<Frame>) {
-        if let Some(data) = data {
-            credit.spend(&data);
-            self.writer.push(data);
-        }
+    /// Queues `data`, if any; returns what it cost of the stream's window.
+    fn push_data(&mut self, data: Option<Frame>) -> i64 {
+        let Some(data) = data else { return 0 };
+        let cost = cost(&data);
+        self.writer.push(data);
+        cost
     }
 
     /// Ends the connection as `how` says: stops every handler still running, sends what

@@ -124,10 +124,21 @@ pub(super) struct Credit {
 /// Credit beyond this is not counted: a client granting without end cannot overflow it.
 const MAX_CREDIT: i64 = 1 << 40;
 
+/// What `frame` costs of its stream's window: DATA pays its length, END and ERROR are
+/// free.
+pub(super) fn cost(frame: &Frame) -> i64 {
+    match frame {
+        Frame::Data { payload, .. } => window_cost(payload.len()) as i64,
+        _ => 0,
+    }
+}
+
 impl Credit {
-    pub(super) fn new() -> Arc<Self> {
+    /// The credit of a stream that has already spent `spent` bytes of its initial
+    /// window (inline, before it had a task and could be granted more).
+    pub(super) fn after(spent: i64) -> Arc<Self> {
         Arc::new(Self {
-            window: AtomicI64::new(i64::from(INITIAL_STREAM_WINDOW)),
+            window: AtomicI64::new(i64::from(INITIAL_STREAM_WINDOW) - spent),
             granted: Notify::new(),
         })
     }
@@ -138,12 +149,8 @@ impl Credit {
         self.window.load(Ordering::Acquire) > 0
     }
 
-    /// Charges `frame` to the window if it is DATA (END and ERROR are free).
-    pub(super) fn spend(&self, frame: &Frame) {
-        if let Frame::Data { payload, .. } = frame {
-            let cost = window_cost(payload.len()) as i64;
-            self.window.fetch_sub(cost, Ordering::AcqRel);
-        }
+    fn spend(&self, frame: &Frame) {
+        self.window.fetch_sub(cost(frame), Ordering::AcqRel);
     }
 
     pub(super) fn grant(&self, increment: u32) {
