@@ -16,7 +16,7 @@ use planewire::codec::{
 };
 use planewire::config::TcpConfig;
 use planewire::planes::{HandlerError, Request, RequestPlaneServer};
-use planewire::tcp::{ServerConfig, TcpClient, TcpServer};
+use planewire::tcp::{ServerConfig, TcpServer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::AsyncWriteExt;
@@ -105,11 +105,7 @@ async fn a_slow_reader_pauses_its_own_handler_and_loses_nothing() {
         )
         .await
         .unwrap();
-    let client = TcpClient::new(TcpConfig {
-        pool_size: 1,
-        ..tcp_config()
-    })
-    .unwrap();
+    let client = one_connection_client();
     let addr = server.local_addr().to_string();
     let mut slow = client
         .call(&addr, Request::new(&path("flood"), ""))
@@ -335,6 +331,10 @@ async fn a_drain_cut_short_by_its_timeout_ends_streams_at_frame_boundaries() {
     }
     let closed_at = started.elapsed();
     within("shutdown", shutdown).await.unwrap();
+    eprintln!(
+        "drain: GOAWAY after {goaway_at:?} behind {data_before_goaway} bytes of DATA, \
+         closed after {closed_at:?} (drain timeout {drain:?})"
+    );
     assert_eq!(raw.leftover(), 0, "a frame was cut");
     assert!(goaway_at.is_some(), "no GOAWAY");
     assert!(

@@ -345,11 +345,7 @@ async fn overloaded_endpoint_sheds_at_once_while_others_keep_serving() {
             .await
             .unwrap();
     }
-    let client = TcpClient::new(TcpConfig {
-        pool_size: 1,
-        ..tcp_config()
-    })
-    .unwrap();
+    let client = one_connection_client();
     let addr = server.local_addr().to_string();
     let slow1 = client
         .call(&addr, Request::new(&path("slow"), ""))

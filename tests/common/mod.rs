@@ -52,6 +52,15 @@ pub fn client() -> TcpClient {
     TcpClient::new(tcp_config()).unwrap()
 }
 
+/// A client whose requests to one address all share one connection.
+pub fn one_connection_client() -> TcpClient {
+    TcpClient::new(TcpConfig {
+        pool_size: 1,
+        ..tcp_config()
+    })
+    .unwrap()
+}
+
 pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
     tokio::time::timeout(PATIENCE, fut)
         .await
