@@ -690,3 +690,46 @@ async fn accept_backs_off_when_descriptors_run_out_and_recovers() {
         Some(Frame::End { stream_id: 2, .. })
     ));
 }
+
+/// Item 1, client side: a server that stops reading requests holds callers back. Of 64
+/// calls with 1 MiB payloads, only what the output budget (4 MiB), one write batch and
+/// the kernel's socket buffers hold gets queued; the rest wait in `call`. When the
+/// server goes, every call ends with an error, none hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_reading_holds_callers_back() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = tokio::spawn(async move { listener.accept().await.unwrap().0 });
+    let client = Arc::new(one_connection_client());
+    let payload = Bytes::from(vec![5u8; 1 << 20]);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let calls: Vec<_> = (0..64)
+        .map(|_| {
+            let (client, addr, payload) = (Arc::clone(&client), addr.clone(), payload.clone());
+            let queued = Arc::clone(&queued);
+            tokio::spawn(async move {
+                let stream = client
+                    .call(&addr, Request::new(&path("echo"), payload))
+                    .await?;
+                queued.fetch_add(1, Ordering::Relaxed);
+                futures::StreamExt::collect::<Vec<_>>(stream).await;
+                Ok::<_, planewire::planes::RequestError>(())
+            })
+        })
+        .collect();
+    let socket = within("the connection", accepted).await.unwrap();
+    let held = settled(
+        || queued.load(Ordering::Relaxed),
+        Duration::from_millis(500),
+    )
+    .await;
+    eprintln!("{held} of 64 one-MiB requests queued to a server that reads nothing");
+    assert!(
+        held < 32,
+        "{held} of 64 one-MiB requests were queued to a server that reads nothing"
+    );
+    drop(socket);
+    for call in calls {
+        let _ = within("every call to end", call).await.unwrap();
+    }
+}
