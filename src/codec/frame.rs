@@ -375,6 +375,18 @@ impl Frame {
     }
 }
 
+impl Frame {
+    /// Bytes on the wire, without the checks of [`checked_len`](Self::checked_len): for
+    /// frames that passed them (or will, before a byte is written).
+    pub(crate) fn wire_len(&self) -> usize {
+        let prefix = match self {
+            Self::Request(r) => r.path.len() + r.headers.encoded_len(),
+            _ => 0,
+        };
+        super::HEADER_LEN + prefix + self.payload().len()
+    }
+}
+
 impl RequestFrame {
     /// [`Frame::checked_len`] for a request, without wrapping it in a [`Frame`].
     pub fn checked_len(&self, max_frame_len: usize) -> Result<usize, CodecError> {

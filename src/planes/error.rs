@@ -30,11 +30,14 @@ pub enum RequestError {
     Encode(String),
     #[error("server error ({code:?}): {message}")]
     Remote { code: ErrorCode, message: String },
+    /// NATS, which has no flow control: the caller left a stream's buffer full.
     #[error(
         "response stream overflowed: the caller did not read {buffered} buffered responses; \
          the stream was cancelled"
     )]
     ResponseOverflow { buffered: usize },
+    /// TCP: the server sent past the stream's flow-control window (a broken server; a
+    /// slow caller only slows its stream).
     #[error(
         "server at {address} overran the stream's flow-control window ({outstanding} bytes \
          unacknowledged); the stream was cancelled"

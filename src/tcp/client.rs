@@ -55,7 +55,7 @@ impl TcpClient {
             timeout: Some(timeout),
         };
         // Stream id and timeout are fixed-width fields: the checked length stays exact.
-        frame
+        let len = frame
             .checked_len(self.config.max_message_size)
             .map_err(RequestError::from_encode)?;
         let pool = self.pools.get(address, &self.config);
@@ -65,7 +65,7 @@ impl TcpClient {
             // back unsent; the pool no longer picks that connection, so this ends.
             loop {
                 let conn = pool.connection().await?;
-                match conn.start(frame, deadline, timeout).await {
+                match conn.start(frame, len, deadline, timeout).await {
                     Ok(stream) => return Ok(stream),
                     Err(StartError::GoingAway(request)) => frame = request,
                     Err(StartError::Failed(err)) => return Err(err),

@@ -24,7 +24,7 @@ use super::io::{
     FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound, Side, budget_share, write_loop,
 };
 use super::stream_slot::{Next, StreamSlot};
-use crate::codec::{ErrorCode, Frame, HEADER_LEN, RequestFrame};
+use crate::codec::{ErrorCode, Frame, RequestFrame};
 use crate::config::TcpConfig;
 use crate::planes::RequestError;
 use crate::sync::lock;
@@ -164,15 +164,15 @@ impl ClientConnection {
 
     /// Opens a stream: registers it, then queues the request (waiting while the
     /// connection's output budget is spent). `request` must already be size-checked; its
-    /// stream id is assigned here. A connection the server is closing gives the request
-    /// back untouched, for another connection.
+    /// stream id is assigned here; `len` is its checked length. A connection the server
+    /// is closing gives the request back untouched, for another connection.
     pub(crate) async fn start(
         &self,
         mut request: RequestFrame,
+        len: usize,
         deadline: Instant,
         timeout: Duration,
     ) -> Result<ResponseStream, StartError> {
-        let len = request.checked_len(usize::MAX).unwrap_or(HEADER_LEN);
         let Ok(permit) = budget_share(len, &self.budget).await else {
             let reason = "the connection closed before the request was sent";
             return Err(StartError::Failed(self.lost(reason)));

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::codec::{CodecError, FLATTEN_BELOW, Frame, FrameDecoder, HEADER_LEN, WriteQueue};
+use crate::codec::{CodecError, FLATTEN_BELOW, Frame, FrameDecoder, WriteQueue};
 
 /// Free space below which the read buffer is topped up before a `read`.
 const MIN_READ_SPACE: usize = 4096;
@@ -182,19 +182,20 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     /// Queues a frame: GOAWAY, PING, WINDOW_UPDATE (and a server's PONG) go ahead of
-    /// queued data, the rest in order. Senders check sizes (and fit error messages) before a frame
-    /// reaches the writer, so a failure here is a bug upstream; the frame is dropped and
-    /// logged, never half-written.
+    /// queued data, the rest in order. Senders check sizes (and fit error messages) before
+    /// a frame reaches the writer; the check when it is encoded is a safety net (see
+    /// `take`).
     pub(crate) fn push(&mut self, frame: Frame) {
-        let len = match frame.checked_len(self.max_frame_len) {
-            Ok(len) => len,
-            Err(err) => {
-                tracing::error!(%err, stream_id = frame.stream_id(), "dropping unencodable frame");
-                return;
-            }
-        };
+        let len = frame.wire_len();
         if self.queued() == 0 {
             self.last_progress = Instant::now();
+        }
+        // Nothing waits and the batch has room: the frame goes straight into it, where it
+        // is no further from the socket than an urgent frame could get ahead of it.
+        if self.waiting == 0 && self.writing.remaining() < WRITE_BATCH_BYTES {
+            self.waiting = len;
+            self.take(&frame, len);
+            return;
         }
         self.waiting += len;
         let urgent = match frame {
@@ -248,9 +249,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     fn take(&mut self, frame: &Frame, len: usize) {
         self.waiting -= len;
-        // `push` checked the frame against the same limit: this cannot fail.
+        // A failure is a bug upstream: the frame is dropped and logged, never
+        // half-written.
         if let Err(err) = self.writing.push(frame, self.max_frame_len) {
-            tracing::error!(%err, "dropping unencodable frame");
+            tracing::error!(%err, stream_id = frame.stream_id(), "dropping unencodable frame");
         }
     }
 
@@ -293,8 +295,7 @@ impl Outbound {
     /// Waits for `frame`'s share of `budget` (see [`budget_share`]). `None` once the
     /// budget is closed (the connection is closing).
     pub(crate) async fn reserve(frame: Frame, budget: &Arc<Semaphore>) -> Option<Self> {
-        let len = frame.checked_len(usize::MAX).unwrap_or(HEADER_LEN);
-        let permit = budget_share(len, budget).await.ok()?;
+        let permit = budget_share(frame.wire_len(), budget).await.ok()?;
         Some(Self {
             frame,
             _budget: permit,

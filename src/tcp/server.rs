@@ -2,15 +2,18 @@
 //!
 //! Lifecycle (after mini-redis): an accept loop capped by a connection semaphore with
 //! back-off on accept errors; one task per connection (see `server_conn`); a shutdown
-//! token that stops accepting and sends go-away; a task tracker that `shutdown` waits on.
+//! token that stops accepting, and a phase each connection is told (drain: go-away;
+//! abort: end what is left); a task tracker that `shutdown` waits on.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +56,59 @@ pub(super) struct Endpoint {
     pub(super) slots: Arc<Semaphore>,
 }
 
+/// What the server asks of its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Phase {
+    Serving = 0,
+    /// Send GOAWAY, refuse new requests, let open streams finish.
+    Draining = 1,
+    /// The drain timeout passed: end open streams with `ShuttingDown`.
+    Aborting = 2,
+}
+
+impl Phase {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => Self::Serving,
+            1 => Self::Draining,
+            _ => Self::Aborting,
+        }
+    }
+}
+
+/// One connection's view of the server's phase. Its loop polls this on every turn, so
+/// it costs a few atomic operations, not the lock of a token every connection shares.
+#[derive(Default)]
+pub(super) struct PhaseSignal {
+    phase: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl PhaseSignal {
+    fn raise(&self, phase: Phase) {
+        self.phase.fetch_max(phase as u8, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// Ready with the phase once it is past `seen`.
+    pub(super) fn poll_past(&self, seen: Phase, cx: &mut Context<'_>) -> Poll<Phase> {
+        self.waker.register(cx.waker());
+        let phase = Phase::from_u8(self.phase.load(Ordering::SeqCst));
+        if phase > seen {
+            Poll::Ready(phase)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// An open connection, as the server sees it.
+pub(super) struct ConnectionEntry {
+    /// Read-buffer memory it holds.
+    held: Arc<AtomicUsize>,
+    signal: Arc<PhaseSignal>,
+}
+
 /// When a connection is reaped (`DYN_TCP_FRAME_TIMEOUT`, `DYN_TCP_IDLE_TIMEOUT`).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ConnectionTimeouts {
@@ -70,16 +126,44 @@ pub(super) struct Shared {
     pub(super) max_frame_len: usize,
     pub(super) shrink_threshold: usize,
     pub(super) timeouts: ConnectionTimeouts,
-    /// Fired by `shutdown`: stop accepting, send go-away, refuse new requests.
+    /// Fired by `shutdown`: stop accepting.
     pub(super) shutdown: CancellationToken,
-    /// Fired when the drain timeout passes: end whatever still runs with `ShuttingDown`.
-    pub(super) abort: CancellationToken,
+    /// The phase every connection is told (`raise`).
+    phase: AtomicU8,
     pub(super) tracker: TaskTracker,
-    /// Read-buffer memory held by each open connection, by connection number.
-    pub(super) buffer_capacities: Mutex<HashMap<u64, Arc<AtomicUsize>>>,
+    /// The open connections, by connection number.
+    connections: Mutex<HashMap<u64, ConnectionEntry>>,
 }
 
 impl Shared {
+    /// Tells every connection, open now or registered later, that the server is in
+    /// `phase`.
+    fn raise(&self, phase: Phase) {
+        self.phase.fetch_max(phase as u8, Ordering::SeqCst);
+        for entry in lock(&self.connections).values() {
+            entry.signal.raise(phase);
+        }
+    }
+
+    /// Adds connection `id`, holding `held` bytes of read buffer; its phase signal
+    /// starts at the server's phase. Under the map's lock, as `raise` iterates it: a
+    /// connection is either seen by `raise` or sees the phase `raise` set.
+    pub(super) fn register(&self, id: u64, held: Arc<AtomicUsize>) -> Arc<PhaseSignal> {
+        let mut connections = lock(&self.connections);
+        let signal = Arc::new(PhaseSignal::default());
+        signal.raise(Phase::from_u8(self.phase.load(Ordering::SeqCst)));
+        let entry = ConnectionEntry {
+            held,
+            signal: Arc::clone(&signal),
+        };
+        connections.insert(id, entry);
+        signal
+    }
+
+    pub(super) fn deregister(&self, id: u64) {
+        lock(&self.connections).remove(&id);
+    }
+
     /// The endpoint serving `path`: an exact match or, for a path without an instance id
     /// (`namespace/component/endpoint`), the one instance of that endpoint hosted here.
     pub(super) fn endpoint(&self, path: &str) -> Option<Arc<Endpoint>> {
@@ -87,7 +171,7 @@ impl Shared {
         if let Some(endpoint) = endpoints.get(path) {
             return Some(Arc::clone(endpoint));
         }
-        if path.matches('/').count() != 2 {
+        if path.bytes().filter(|b| *b == b'/').count() != 2 {
             return None;
         }
         let mut instances = endpoints.iter().filter(|(key, _)| {
@@ -133,9 +217,9 @@ impl TcpServer {
                 idle: tcp.idle_timeout,
             },
             shutdown: CancellationToken::new(),
-            abort: CancellationToken::new(),
+            phase: AtomicU8::new(Phase::Serving as u8),
             tracker: TaskTracker::new(),
-            buffer_capacities: Mutex::default(),
+            connections: Mutex::default(),
         });
         let connection_limit = Arc::new(Semaphore::new(config.max_connections));
         shared
@@ -159,9 +243,9 @@ impl TcpServer {
     /// to the small initial size within about a second (the spare large buffer kept for
     /// back-to-back large messages is given back).
     pub fn connection_buffer_capacities(&self) -> Vec<usize> {
-        lock(&self.shared.buffer_capacities)
+        lock(&self.shared.connections)
             .values()
-            .map(|c| c.load(Ordering::Relaxed))
+            .map(|c| c.held.load(Ordering::Relaxed))
             .collect()
     }
 }
@@ -205,6 +289,7 @@ impl RequestPlaneServer for TcpServer {
     async fn shutdown(&self) {
         let shared = &self.shared;
         shared.shutdown.cancel();
+        shared.raise(Phase::Draining);
         shared.tracker.close();
         if tokio::time::timeout(self.drain_timeout, shared.tracker.wait())
             .await
@@ -214,7 +299,7 @@ impl RequestPlaneServer for TcpServer {
                 timeout = ?self.drain_timeout,
                 "drain timeout passed; cancelling in-flight requests"
             );
-            shared.abort.cancel();
+            shared.raise(Phase::Aborting);
             shared.tracker.wait().await;
         }
     }
@@ -224,7 +309,7 @@ impl Drop for TcpServer {
     /// A server dropped without `shutdown` stops at once: nothing keeps its port open.
     fn drop(&mut self) {
         self.shared.shutdown.cancel();
-        self.shared.abort.cancel();
+        self.shared.raise(Phase::Aborting);
     }
 }
 

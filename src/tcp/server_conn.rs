@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::io::{FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound, Side};
-use super::server::Shared;
+use super::server::{Phase, PhaseSignal, Shared};
 use super::stream_task::{Credit, Framer, Step, StreamTask, cost};
 use crate::codec::{
     CodecError, ErrorCode, Frame, INITIAL_STREAM_WINDOW, RequestFrame, fit_message,
@@ -129,7 +129,7 @@ pub(super) async fn serve_connection(
     let (rd, wr) = socket.into_split();
     let mut reader = FrameReader::new(rd, shared.max_frame_len, shared.shrink_threshold);
     let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
-    lock(&shared.buffer_capacities).insert(id, reader.held_bytes());
+    let phase = shared.register(id, reader.held_bytes());
 
     let mut conn = Connection {
         shared: Arc::clone(&shared),
@@ -147,8 +147,8 @@ pub(super) async fn serve_connection(
         peer_going_away: false,
         read_closed: false,
     };
-    let how = conn.run(&mut reader, &mut rx).await;
-    lock(&shared.buffer_capacities).remove(&id);
+    let how = conn.run(&mut reader, &mut rx, &phase).await;
+    shared.deregister(id);
     conn.close(how, reader, rx).await;
 }
 
@@ -157,15 +157,9 @@ impl Connection {
         &mut self,
         reader: &mut FrameReader<OwnedReadHalf>,
         rx: &mut mpsc::Receiver<Outbound>,
+        phase: &PhaseSignal,
     ) -> Close {
-        // One future each for the whole loop: creating one per frame would take the
-        // token's lock, shared by every connection of the server.
-        let shutdown = self.shared.shutdown.clone();
-        let shutdown = shutdown.cancelled();
-        tokio::pin!(shutdown);
-        let abort = self.shared.abort.clone();
-        let abort = abort.cancelled();
-        tokio::pin!(abort);
+        let mut seen = Phase::Serving;
         // Armed lazily: a deadline that moves later (traffic came) is left to fire early
         // and be re-armed, so the timer is touched about once per timeout, not per frame.
         let timer = tokio::time::sleep(Duration::ZERO);
@@ -186,8 +180,15 @@ impl Connection {
             }
             tokio::select! {
                 biased;
-                _ = &mut abort => return Close::Aborted,
-                _ = &mut shutdown, if !self.draining => self.start_draining(),
+                now = std::future::poll_fn(|cx| phase.poll_past(seen, cx)) => {
+                    if now == Phase::Aborting {
+                        return Close::Aborted;
+                    }
+                    seen = now;
+                    if !self.draining {
+                        self.start_draining();
+                    }
+                }
                 _ = streams.idle.notified(), if self.draining || self.read_closed => {}
                 frame = reader.next_frame(), if room && !self.read_closed => match frame {
                     Ok(Some(frame)) => {
