@@ -162,14 +162,20 @@ impl Killable {
     }
 
     /// Stops the server as a dying process would, and returns once its port refuses
-    /// connections: `shutdown_background` drops the runtime's tasks, the listener among
-    /// them, on another thread, and until then the kernel still accepts connections,
-    /// which it resets later.
+    /// connections. The runtime stops first, dropping every task unpolled, the listener
+    /// and sockets among them; only then is the server dropped, so its `Drop` (which
+    /// tells connections to end their streams with `ShuttingDown`) finds no task left to
+    /// tell, as in a crash. Until the listener is gone the kernel still accepts
+    /// connections, which it resets later.
     async fn kill(self) {
         let addr = self.addr();
         let Killable { runtime, server } = self;
-        runtime.shutdown_background();
-        drop(server);
+        tokio::task::spawn_blocking(move || {
+            runtime.shutdown_timeout(PATIENCE);
+            drop(server);
+        })
+        .await
+        .unwrap();
         within("the killed server's port to close", async {
             while tokio::net::TcpStream::connect(addr).await.is_ok() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
