@@ -733,3 +733,34 @@ async fn a_server_that_stops_reading_holds_callers_back() {
         let _ = within("every call to end", call).await.unwrap();
     }
 }
+
+/// Item 8, the other half: a peer that stops reading while output waits for it is
+/// closed once that output has not moved for `DYN_TCP_FRAME_TIMEOUT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_is_closed_after_the_frame_timeout() {
+    let tcp = TcpConfig {
+        frame_timeout: Duration::from_millis(500),
+        ..tcp_config()
+    };
+    let server = server_with_config(tcp, Duration::from_secs(1)).await;
+    server
+        .register(
+            &path("endless"),
+            |_req: Request, _cancel: CancellationToken| {
+                futures::stream::repeat_with(|| Ok(Bytes::from(vec![b'z'; 16 * 1024])))
+            },
+        )
+        .await
+        .unwrap();
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&request_frame(1, &path("endless"), b"")).await;
+    raw.grant(1, u32::MAX).await;
+    within("the stalled connection to be closed", async {
+        while !server.connection_buffer_capacities().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_echoes(&client(), &server.local_addr().to_string(), "still serving").await;
+    drop(raw);
+}
