@@ -64,6 +64,31 @@ fn serve_registers_and_call_finds_it_without_an_address() {
     assert!(setup.list(None).is_empty());
 }
 
+/// A lease file of bytes that are not even UTF-8 is one bad entry: `serve`, `discovery
+/// list` and `call` all go on, and the bad lease counts as expired.
+#[test]
+fn a_lease_file_that_is_not_utf8_breaks_nothing() {
+    let setup = Setup::file("10");
+    let leases = setup
+        .file_dir()
+        .expect("the file backend's directory")
+        .join("leases");
+    std::fs::create_dir_all(&leases).unwrap();
+    std::fs::write(
+        leases.join("00000000000000ab"),
+        b"\xff\xfe not a lease \x80",
+    )
+    .unwrap();
+    let mut server = setup.serve(&["--endpoint", "test/cli/echo"]);
+    let records = setup.list(None);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].instance_id, server.instance);
+    let output = setup.output(&["call", "--endpoint", "test/cli/echo", "--data", "still"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout), "still\n");
+    assert!(server.process.terminate().success());
+}
+
 #[test]
 fn call_with_no_instances_fails_fast_or_waits_for_one() {
     let setup = Setup::file("10");

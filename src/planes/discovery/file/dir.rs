@@ -108,10 +108,13 @@ impl Dir {
         })
     }
 
+    /// The lease's TTL and expiry; `None` if its file is missing or malformed (any bytes
+    /// at all, UTF-8 or not): a lease nobody can read is as good as expired, and one bad
+    /// file must not fail the scans and keep-alives of every other lease.
     fn read_lease(&self, lease: LeaseId) -> Result<Option<(Duration, u64)>, DiscoveryError> {
         let path = self.leases.join(lease_name(lease));
-        match fs::read_to_string(&path) {
-            Ok(text) => Ok(parse_lease(&text)),
+        match fs::read(&path) {
+            Ok(bytes) => Ok(std::str::from_utf8(&bytes).ok().and_then(parse_lease)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("read", &path)(e)),
         }
