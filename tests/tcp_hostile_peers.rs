@@ -136,7 +136,7 @@ async fn a_slow_reader_pauses_its_own_handler_and_loses_nothing() {
 /// streaming a million 1 KiB responses to two such connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_holds_a_bounded_amount_of_server_memory() {
-    let setup = planewire_bin::Setup::file("10").env("DYN_TCP_RPC_HOST", "127.0.0.1");
+    let setup = planewire_bin::Setup::file("10");
     let server = setup.serve(&["--endpoint", "t/w/flood", "--responses", "1000000"]);
     let pid = server.process.pid();
     let before = rss_bytes(pid);
@@ -233,7 +233,7 @@ async fn a_half_closed_client_gets_every_stream_to_its_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_racing_the_goaway_is_refused_and_costs_no_delivered_data() {
     const ITEMS: usize = 5000;
-    let setup = planewire_bin::Setup::file("10").env("DYN_TCP_RPC_HOST", "127.0.0.1");
+    let setup = planewire_bin::Setup::file("10");
     let items = ITEMS.to_string();
     let mut server = setup.serve(&["--endpoint", "t/w/items", "--responses", &items]);
     let mut raw = raw_connect(&server.address).await;
@@ -648,7 +648,7 @@ async fn stream_id_rules() {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_backs_off_when_descriptors_run_out_and_recovers() {
-    let setup = planewire_bin::Setup::file("10").env("DYN_TCP_RPC_HOST", "127.0.0.1");
+    let setup = planewire_bin::Setup::file("10");
     let server = setup.serve_with_file_limit(64, &["--endpoint", "t/w/echo"]);
     // More connections than the server has descriptors: the rest wait in the backlog.
     let mut held = Vec::new();

@@ -151,7 +151,6 @@ async fn a_live_server_survives_whatever_peers_send() {
     eprintln!("live fuzz: seed {seed}, {seconds} s");
     let mut rng = fastrand::Rng::with_seed(seed);
     let setup = planewire_bin::Setup::file("10")
-        .env("DYN_TCP_RPC_HOST", "127.0.0.1")
         .env("DYN_TCP_FRAME_TIMEOUT", "1")
         .env("DYN_TCP_MAX_MESSAGE_SIZE", "1048576");
     let responses = RESPONSES.to_string();

@@ -184,7 +184,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Queues a frame: GOAWAY, PING, WINDOW_UPDATE (and a server's PONG) go ahead of
     /// queued data, the rest in order. Senders check sizes (and fit error messages) before
     /// a frame reaches the writer; the check when it is encoded is a safety net (see
-    /// `take`).
+    /// `encode`).
     pub(crate) fn push(&mut self, frame: Frame) {
         let len = frame.wire_len();
         if self.queued() == 0 {
@@ -193,8 +193,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         // Nothing waits and the batch has room: the frame goes straight into it, where it
         // is no further from the socket than an urgent frame could get ahead of it.
         if self.waiting == 0 && self.writing.remaining() < WRITE_BATCH_BYTES {
-            self.waiting = len;
-            self.take(&frame, len);
+            self.encode(&frame);
             return;
         }
         self.waiting += len;
@@ -237,18 +236,19 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// a batch (at least one).
     fn refill(&mut self) {
         while let Some((frame, len)) = self.urgent.pop_front() {
-            self.take(&frame, len);
+            self.waiting -= len;
+            self.encode(&frame);
         }
         while self.writing.remaining() < WRITE_BATCH_BYTES {
             let Some((frame, len)) = self.backlog.pop_front() else {
                 break;
             };
-            self.take(&frame, len);
+            self.waiting -= len;
+            self.encode(&frame);
         }
     }
 
-    fn take(&mut self, frame: &Frame, len: usize) {
-        self.waiting -= len;
+    fn encode(&mut self, frame: &Frame) {
         // A failure is a bug upstream: the frame is dropped and logged, never
         // half-written.
         if let Err(err) = self.writing.push(frame, self.max_frame_len) {

@@ -85,6 +85,19 @@ impl Streams {
     }
 }
 
+/// A timeout a connection watches (see `Connection::clocks`).
+#[derive(Debug, Clone, Copy)]
+enum Clock {
+    /// Queued output has not moved for `DYN_TCP_FRAME_TIMEOUT`.
+    WriteStall,
+    /// The idle close's PING got no PONG.
+    IdlePong,
+    /// A frame began arriving and did not finish.
+    Frame,
+    /// Nothing open, no traffic for `DYN_TCP_IDLE_TIMEOUT`.
+    Idle,
+}
+
 /// How the connection's loop ended, which decides how it closes.
 enum Close {
     /// Everything owed is queued: the peer half-closed or went idle, or the drain ended.
@@ -224,75 +237,76 @@ impl Connection {
         }
     }
 
-    /// The earliest time a timeout could fire: the frame being received, output stuck
-    /// behind a peer that does not read, or a connection with nothing open.
-    fn next_check(&self, reader: &FrameReader<OwnedReadHalf>, queued: usize) -> Option<Instant> {
+    /// The timeouts that apply now, each with when it fires: output stuck behind a peer
+    /// that does not read, an idle close waiting for its PONG, and either the frame
+    /// being received or the idle clock. One list for `next_check` and `on_timer`, so
+    /// the two cannot disagree.
+    fn clocks(
+        &self,
+        reader: &FrameReader<OwnedReadHalf>,
+        queued: usize,
+    ) -> [Option<(Clock, Instant)>; 3] {
         let tcp = &self.shared.timeouts;
-        let mut at: Option<Instant> = None;
-        let mut consider = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
-        if queued > 0 {
-            consider(self.writer.last_progress() + tcp.frame);
-        }
+        let stall =
+            (queued > 0).then(|| (Clock::WriteStall, self.writer.last_progress() + tcp.frame));
         if self.read_closed {
-            return at;
+            return [stall, None, None];
         }
-        if let Some(since) = self.idle_since
-            && !self.draining
-        {
-            consider(since + tcp.frame);
-        }
-        match reader.partial_since() {
+        let pong = self
+            .idle_since
+            .filter(|_| !self.draining)
+            .map(|since| (Clock::IdlePong, since + tcp.frame));
+        let input = match reader.partial_since() {
             // Paused reading is our doing, not the peer's: the frame clock waits.
-            Some(since) if queued < OUTPUT_BUDGET => consider(since + tcp.frame),
-            Some(_) => {}
+            Some(since) if queued < OUTPUT_BUDGET => Some((Clock::Frame, since + tcp.frame)),
+            Some(_) => None,
             // Whether streams are open is left to `on_timer`: this runs per frame, and
             // an idle timer that fires on a busy connection is only re-armed.
             None if queued == 0 && self.idle_since.is_none() => {
                 let active = reader.last_read().max(self.writer.last_progress());
-                consider(active + tcp.idle);
+                Some((Clock::Idle, active + tcp.idle))
             }
-            None => {}
-        }
-        at
+            None => None,
+        };
+        [stall, pong, input]
     }
 
-    /// Acts on whichever timeout has passed; `None` if none has (traffic moved them).
+    /// The earliest time a timeout could fire.
+    fn next_check(&self, reader: &FrameReader<OwnedReadHalf>, queued: usize) -> Option<Instant> {
+        let clocks = self.clocks(reader, queued);
+        clocks.into_iter().flatten().map(|(_, at)| at).min()
+    }
+
+    /// Acts on the first timeout that has passed; `None` if none has (traffic moved
+    /// them) or the connection goes on.
     fn on_timer(&mut self, reader: &FrameReader<OwnedReadHalf>) -> Option<Close> {
-        let tcp = &self.shared.timeouts;
         let now = Instant::now();
-        let queued = self.writer.queued();
-        if queued > 0 && now >= self.writer.last_progress() + tcp.frame {
-            tracing::debug!(peer = %self.peer, queued, "peer stopped reading; closing");
-            return Some(Close::Broken);
-        }
-        if self.read_closed {
-            return None;
-        }
-        if let Some(since) = self.idle_since
-            && !self.draining
-            && now >= since + tcp.frame
-        {
-            // No PONG: the client does not answer pings, or is gone.
-            self.close_idle();
-            return None;
-        }
-        match reader.partial_since() {
-            Some(since) if queued < OUTPUT_BUDGET && now >= since + tcp.frame => {
+        let clocks = self.clocks(reader, self.writer.queued());
+        let (clock, _) = clocks.into_iter().flatten().find(|(_, at)| now >= *at)?;
+        match clock {
+            Clock::WriteStall => {
+                tracing::debug!(peer = %self.peer, "peer stopped reading; closing");
+                Some(Close::Broken)
+            }
+            Clock::IdlePong => {
+                // No PONG: the client does not answer pings, or is gone.
+                self.close_idle();
+                None
+            }
+            Clock::Frame => {
                 let message = format!(
                     "no complete frame within {:?} of its first byte (DYN_TCP_FRAME_TIMEOUT)",
-                    tcp.frame
+                    self.shared.timeouts.frame
                 );
                 tracing::debug!(peer = %self.peer, "{message}");
                 Some(self.fail(ErrorCode::Protocol, message))
             }
-            None if queued == 0 && self.idle_since.is_none() && self.streams.is_empty() => {
-                let active = reader.last_read().max(self.writer.last_progress());
-                if now >= active + tcp.idle {
+            Clock::Idle => {
+                if self.streams.is_empty() {
                     self.announce_idle_close(now);
                 }
                 None
             }
-            _ => None,
         }
     }
 
