@@ -317,3 +317,81 @@ async fn drain_timeout_cancels_what_is_left() {
     let err = items.last().expect("an error item").as_ref().unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::ShuttingDown), "{err}");
 }
+
+/// PROTOCOL.md §6.2 checks 3, 4, 6 and 7 against a live server, one connection each:
+/// every one is a GOAWAY `Protocol` naming the problem, then the close; other
+/// connections are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_header_check_is_a_named_protocol_goaway() {
+    let server = echo_server().await;
+    let healthy = client();
+    let mut unknown_kind = FrameHeader::new(FrameKind::Data, 1, 0, 0, 0, 0)
+        .as_bytes()
+        .to_vec();
+    unknown_kind[2] = 10;
+    let mut flags = FrameHeader::new(FrameKind::Data, 1, 0, 0, 0, 0)
+        .as_bytes()
+        .to_vec();
+    flags[3] = 1;
+    let payload_on_cancel = FrameHeader::new(FrameKind::Cancel, 1, 0, 0, 3, 0)
+        .as_bytes()
+        .to_vec();
+    let mut bad_path = FrameHeader::new(FrameKind::Request, 1, 2, 0, 0, 0)
+        .as_bytes()
+        .to_vec();
+    bad_path.extend_from_slice(b"\xff\xfe");
+    let cases: [(&[u8], &str); 4] = [
+        (&unknown_kind, "unknown frame kind 10"),
+        (&flags, "unknown flags"),
+        (&payload_on_cancel, "carries no payload"),
+        (&bad_path, "not valid UTF-8"),
+    ];
+    for (wire, expected) in cases {
+        let mut raw = RawConn::connect(&server).await;
+        raw.send_bytes(wire).await;
+        let (code, message) = go_away_code(&raw.until_closed().await).expect("go-away");
+        assert_eq!(code, ErrorCode::Protocol, "{expected}");
+        assert!(message.contains(expected), "{message}");
+    }
+    assert_still_serving(&server, &healthy).await;
+}
+
+/// §7.5: CANCEL and WINDOW_UPDATE for ids the server does not know are ignored, and
+/// END or ERROR from a client is a protocol error like DATA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_ids_are_ignored_and_server_only_frames_refused() {
+    let server = echo_server().await;
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&Frame::Cancel { stream_id: 99 }).await;
+    raw.send(&Frame::WindowUpdate {
+        stream_id: 98,
+        increment: 1000,
+    })
+    .await;
+    raw.send(&Frame::Ping { opaque: 5 }).await;
+    assert_eq!(raw.next_frame().await, Some(Frame::Pong { opaque: 5 }));
+    let server_only = [
+        (
+            Frame::End {
+                stream_id: 1,
+                payload: Bytes::new(),
+            },
+            "END",
+        ),
+        (
+            Frame::Error {
+                stream_id: 1,
+                code: ErrorCode::Handler,
+                message: "x".into(),
+            },
+            "ERROR",
+        ),
+    ];
+    for (frame, kind) in server_only {
+        let mut raw = RawConn::connect(&server).await;
+        raw.send(&frame).await;
+        let (code, message) = go_away_code(&raw.until_closed().await).expect("go-away");
+        assert_eq!(code, ErrorCode::Protocol);
+        assert!(message.contains(kind), "{message}");
+    }
+}

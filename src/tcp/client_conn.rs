@@ -181,7 +181,7 @@ impl ClientConnection {
         // Behind the send gate, which a GOAWAY closes: a request queued here goes out
         // before the PONG that tells the server we have seen the GOAWAY, and one that
         // comes later sees the GOAWAY and goes elsewhere. Callers share the gate.
-        let (stream_id, waiting) = {
+        let (stream_id, sent) = {
             let _gate = self
                 .shared
                 .send_gate
@@ -198,11 +198,7 @@ impl ClientConnection {
             // The server gets the time left, so its handler stops when we stop waiting.
             request.timeout = Some(deadline.saturating_duration_since(Instant::now()));
             let out = Outbound::budgeted(Frame::Request(request), permit);
-            match self.tx.try_send(out) {
-                Ok(()) => (stream_id, None),
-                Err(mpsc::error::TrySendError::Full(out)) => (stream_id, Some(Ok(out))),
-                Err(mpsc::error::TrySendError::Closed(_)) => (stream_id, Some(Err(()))),
-            }
+            (stream_id, self.tx.try_send(out))
         };
         let mut stream = ResponseStream {
             slot,
@@ -212,10 +208,13 @@ impl ClientConnection {
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             timeout,
         };
-        let queued = match waiting {
-            None => true,
-            Some(Ok(out)) => self.tx.send(out).await.is_ok(),
-            Some(Err(())) => false,
+        // A full queue is waited on outside the gate, so such a request can still land
+        // behind an idle close's PONG and be refused as not processed (retryable). It
+        // takes `DYN_TCP_CHANNEL_BUFFER` requests already waiting, at an idle moment.
+        let queued = match sent {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(out)) => self.tx.send(out).await.is_ok(),
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         };
         if !queued {
             stream.tx = None;

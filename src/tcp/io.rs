@@ -302,6 +302,20 @@ impl Outbound {
         })
     }
 
+    /// [`reserve`](Self::reserve) when the share is free now; the frame back when it
+    /// would have to wait (or the budget is closed).
+    pub(crate) fn try_reserve(frame: Frame, budget: &Arc<Semaphore>) -> Result<Self, Frame> {
+        let permit = match share(frame.wire_len()) {
+            None if budget.is_closed() => return Err(frame),
+            None => None,
+            Some(share) => match Arc::clone(budget).try_acquire_many_owned(share) {
+                Ok(permit) => Some(permit),
+                Err(_) => return Err(frame),
+            },
+        };
+        Ok(Self::budgeted(frame, permit))
+    }
+
     pub(crate) fn budgeted(frame: Frame, permit: Option<OwnedSemaphorePermit>) -> Self {
         Self {
             frame,
@@ -323,6 +337,12 @@ impl Outbound {
 /// the semaphore.
 const BUDGET_FROM: usize = FLATTEN_BELOW;
 
+/// The permits a frame of `len` bytes takes: its length, at most the whole budget;
+/// `None` for a small frame.
+fn share(len: usize) -> Option<u32> {
+    (len >= BUDGET_FROM).then(|| len.min(OUTPUT_BUDGET) as u32)
+}
+
 /// The output budget is closed: the connection is closing.
 pub(crate) struct BudgetClosed;
 
@@ -333,14 +353,13 @@ pub(crate) async fn budget_share(
     len: usize,
     budget: &Arc<Semaphore>,
 ) -> Result<Option<OwnedSemaphorePermit>, BudgetClosed> {
-    if len < BUDGET_FROM {
+    let Some(share) = share(len) else {
         return if budget.is_closed() {
             Err(BudgetClosed)
         } else {
             Ok(None)
         };
-    }
-    let share = len.min(OUTPUT_BUDGET) as u32;
+    };
     match Arc::clone(budget).try_acquire_many_owned(share) {
         Ok(permit) => Ok(Some(permit)),
         Err(_) => Arc::clone(budget)

@@ -268,20 +268,33 @@ impl StreamTask {
         }
     }
 
-    /// Queues one DATA frame, charging it to the stream's credit.
+    /// Queues one DATA frame, charging it to the stream's credit. Only a wait (for the
+    /// budget or the queue) is guarded: watching the token takes its lock, too dear for
+    /// every item of a stream that never waits (`drive` checks the token per item).
     async fn send<D: Future<Output = ()>>(
         &mut self,
         mut deadline: Pin<&mut D>,
         frame: Frame,
     ) -> Result<(), Stop> {
         self.credit.spend(&frame);
-        let reserve = Outbound::reserve(frame, &self.budget);
-        let out = guarded(&self.token, deadline.as_mut(), reserve)
-            .await?
-            .ok_or(Stop::Cancelled)?;
-        guarded(&self.token, deadline, self.tx.send(out))
-            .await?
-            .map_err(|_| Stop::Cancelled)
+        let out = match Outbound::try_reserve(frame, &self.budget) {
+            Ok(out) => out,
+            Err(frame) => {
+                let reserve = Outbound::reserve(frame, &self.budget);
+                guarded(&self.token, deadline.as_mut(), reserve)
+                    .await?
+                    .ok_or(Stop::Cancelled)?
+            }
+        };
+        match self.tx.try_send(out) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Stop::Cancelled),
+            Err(mpsc::error::TrySendError::Full(out)) => {
+                guarded(&self.token, deadline, self.tx.send(out))
+                    .await?
+                    .map_err(|_| Stop::Cancelled)
+            }
+        }
     }
 }
 
