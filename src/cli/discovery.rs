@@ -17,7 +17,8 @@ pub struct DiscoveryArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum DiscoveryCommand {
-    /// Print the instance records under PREFIX, one JSON record per line.
+    /// Print the records under PREFIX, one JSON object per line: instance records as
+    /// they are stored, every other JSON record as `{"key":…,"value":…}`.
     List(PrefixArg),
     /// Print the instances under PREFIX, then each change, until SIGINT or SIGTERM.
     ///
@@ -28,7 +29,8 @@ enum DiscoveryCommand {
 
 #[derive(Debug, clap::Args)]
 struct PrefixArg {
-    /// Key prefix, such as /services/dynamo/ or /services/dynamo/backend/generate/.
+    /// Key prefix, such as /services/dynamo/, /services/dynamo/backend/generate/, or /
+    /// for everything (the ZMQ event plane's publishers are under /event_channels/).
     #[arg(default_value = SERVICES_PREFIX)]
     prefix: String,
 }
@@ -40,13 +42,35 @@ pub async fn run(args: DiscoveryArgs) -> Result<(), CliError> {
     }
 }
 
-/// Records that cannot be read are skipped (and logged at `warn`).
+/// Instance records print as themselves; any other record whose value is JSON (a ZMQ
+/// publisher's `/event_channels/…` record, for one) as `{"key":…,"value":…}`. Records
+/// that cannot be read are skipped (and logged at `warn`).
 async fn list(prefix: &str) -> Result<(), CliError> {
     let runtime = super::runtime().await?;
-    for record in runtime.discovery().list_prefix(prefix).await? {
-        print_line(&record)?;
+    for kv in runtime.discovery().store().list(prefix).await? {
+        if kv.key.starts_with(SERVICES_PREFIX) {
+            match InstanceRecord::from_key_value(&kv.key, &kv.value) {
+                Ok(record) => print_line(&record)?,
+                Err(err) => tracing::warn!(%err, "skipping an instance record that cannot be read"),
+            }
+            continue;
+        }
+        match serde_json::from_slice::<serde_json::Value>(&kv.value) {
+            Ok(value) => print_line(&Record {
+                key: &kv.key,
+                value,
+            })?,
+            Err(err) => tracing::warn!(key = %kv.key, %err, "skipping a record that is not JSON"),
+        }
     }
     Ok(())
+}
+
+/// A line of `list` for a record that is not an instance.
+#[derive(Serialize)]
+struct Record<'a> {
+    key: &'a str,
+    value: serde_json::Value,
 }
 
 async fn watch(prefix: &str) -> Result<(), CliError> {

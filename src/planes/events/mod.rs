@@ -42,6 +42,8 @@ pub use envelope::{ENVELOPE_HEADER_LEN, EVENT_MAGIC, EVENT_VERSION, Event, MAX_T
 pub use error::EventError;
 pub use queue::{DEFAULT_SUBSCRIBER_BUFFER, Subscription, SubscriptionStats};
 pub use scope::{EVENT_CHANNELS_PREFIX, EventScope, SUBJECT_PREFIX, escape_token};
+#[cfg(feature = "zmq")]
+pub use zmq::{ZMQ_MAX_MESSAGE, ZMQ_PEER_QUEUE_BYTES, ZMQ_PEER_QUEUE_MESSAGES, ZMQ_RECONNECT_MAX};
 
 use crate::codec::Utf8Bytes;
 use crate::planes::discovery::Discovery;
