@@ -5,7 +5,7 @@
 #[path = "common/planewire_bin.rs"]
 mod planewire_bin;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use planewire_bin::{PATIENCE, Setup, assert_one_error_line, publisher_id, text};
 
@@ -172,4 +172,80 @@ fn disabled_plane_publishes_as_a_no_op() {
         "0",
     ]);
     assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+#[test]
+fn publish_at_interval_zero_never_sleeps() {
+    let setup = Setup::file("10");
+    let started = Instant::now();
+    let output = setup.output(&[
+        "events",
+        "publish",
+        "--endpoint",
+        "test/cli",
+        "--topic",
+        "kv",
+        "--count",
+        "50000",
+        "--delay",
+        "0",
+        "--linger",
+        "0",
+    ]);
+    let took = started.elapsed();
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("published 50000 events in "), "{stderr}");
+    // A sleep before each event, however short, costs a timer tick (about 1 ms): 50 s.
+    assert!(
+        took < Duration::from_secs(20),
+        "50,000 events at --interval 0 took {took:?}: {stderr}"
+    );
+}
+
+#[test]
+fn discovery_list_shows_event_publishers_beside_instances() {
+    let setup = Setup::file("10");
+    let _server = setup.serve(&["--endpoint", "test/cli/echo"]);
+    let publisher = setup.spawn(&[
+        "events",
+        "publish",
+        "--endpoint",
+        "test/cli",
+        "--topic",
+        "kv",
+        "--count",
+        "1000000",
+        "--interval",
+        "0.1",
+        "--delay",
+        "0",
+    ]);
+    let id = publisher
+        .next_line()
+        .strip_prefix("publisher ")
+        .expect("the publisher's id line")
+        .to_owned();
+    let output = setup.output(&["discovery", "list", "/"]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["endpoint"] == "echo"),
+        "the instance record: {stdout}"
+    );
+    let channel = lines
+        .iter()
+        .find(|l| l["key"] == format!("/event_channels/test/cli/~/{id}").as_str())
+        .unwrap_or_else(|| panic!("no record of publisher {id}: {stdout}"));
+    assert_eq!(channel["value"]["publisher_id"], id.as_str());
+    assert!(
+        channel["value"]["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("tcp://127.0.0.1:")),
+        "{channel}"
+    );
 }

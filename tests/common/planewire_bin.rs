@@ -114,6 +114,11 @@ impl Setup {
         Running::spawn(self.command(args))
     }
 
+    /// Like [`spawn`](Self::spawn), with stderr read by the test instead of shown.
+    pub fn spawn_capturing_stderr(&self, args: &[&str]) -> Running {
+        Running::spawn_with(self.command(args), true)
+    }
+
     /// `planewire serve ARGS`, once it printed its address and instance id.
     pub fn serve(&self, args: &[&str]) -> Server {
         let mut command = self.command(&["serve"]);
@@ -166,26 +171,71 @@ impl Setup {
 pub struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Stderr lines, when captured ([`Setup::spawn_capturing_stderr`]).
+    errors: Option<mpsc::Receiver<String>>,
+}
+
+/// Sends each line `from` reads to the returned channel, from a thread of its own.
+fn line_channel(from: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (line_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { return };
+            if line_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    lines
 }
 
 impl Running {
-    fn spawn(mut command: Command) -> Self {
+    fn spawn(command: Command) -> Self {
+        Self::spawn_with(command, false)
+    }
+
+    fn spawn_with(mut command: Command, capture_stderr: bool) -> Self {
+        let stderr = if capture_stderr {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        };
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn planewire");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (line_tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if line_tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Self { child, lines }
+        let lines = line_channel(child.stdout.take().expect("piped stdout"));
+        let errors = child.stderr.take().map(line_channel);
+        Self {
+            child,
+            lines,
+            errors,
+        }
+    }
+
+    /// The next stderr line, as [`line_by`](Self::line_by) for stdout. Panics unless
+    /// stderr was captured.
+    pub fn stderr_line_by(&self, deadline: Instant) -> Option<String> {
+        let errors = self.errors.as_ref().expect("stderr captured");
+        let left = deadline.saturating_duration_since(Instant::now());
+        errors.recv_timeout(left).ok()
+    }
+
+    /// Resident and peak resident memory in bytes (`VmRSS`, `VmHWM` of Linux `/proc`).
+    #[cfg(target_os = "linux")]
+    pub fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc status of the child");
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{name} in /proc status"))
+                * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     /// The next stdout line, or `None` if none came by `deadline` or the child closed

@@ -47,6 +47,8 @@ const COPY_PAYLOAD_BELOW: usize = 16 * 1024;
 /// A drained queue keeps at most this many slots of capacity, so a burst's memory goes
 /// back once the peer has caught up.
 const KEEP_CAPACITY: usize = 1024;
+/// A backlog this large, once drained or dropped, hands freed memory back to the OS.
+const TRIM_AFTER_BACKLOG: usize = 4 << 20;
 /// Pause after a failed accept (out of file descriptors, say), so it cannot spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -184,8 +186,27 @@ async fn serve_peer(
         result = write_queued(&outbox, writer) => result.err().map(ZmtpError::Io),
     };
     lock(&peers).retain(|other| !Arc::ptr_eq(other, &outbox));
+    let backlog = lock(&outbox.state).backlog;
+    // The last reference but for a publish that is offering an event right now: the
+    // queue is freed here, or at the end of that publish.
+    drop(outbox);
+    if backlog >= TRIM_AFTER_BACKLOG {
+        release_freed_memory();
+    }
     if let Some(err) = ended {
         tracing::debug!(%peer, %err, "zmq subscriber left");
+    }
+}
+
+/// Hands freed heap memory back to the OS after a large backlog is gone. Each queued
+/// event's frame head is a small allocation, and glibc keeps freed small blocks in its
+/// free lists rather than return them, so without this a publisher's resident memory
+/// would stay at its peak after one stalled subscriber (34 of 41 MiB did, measured).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it only walks the allocator's free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -203,6 +224,8 @@ struct OutboxState {
     subscriptions: Vec<Bytes>,
     queue: VecDeque<Wire>,
     bytes: usize,
+    /// The most `bytes` has been since the queue was last empty.
+    backlog: usize,
     dropped: u64,
 }
 
@@ -233,6 +256,7 @@ impl Outbox {
                 state.dropped += 1;
             }
             state.bytes += wire.len();
+            state.backlog = state.backlog.max(state.bytes);
             state.queue.push_back(wire);
             (state.dropped, before)
         };
@@ -262,8 +286,14 @@ impl Outbox {
             state.bytes -= wire.len();
             batch.push(wire);
         }
-        if state.queue.is_empty() && state.queue.capacity() > KEEP_CAPACITY {
-            state.queue.shrink_to(KEEP_CAPACITY);
+        if state.queue.is_empty() {
+            if state.queue.capacity() > KEEP_CAPACITY {
+                state.queue.shrink_to(KEEP_CAPACITY);
+            }
+            if std::mem::take(&mut state.backlog) >= TRIM_AFTER_BACKLOG {
+                drop(state);
+                release_freed_memory();
+            }
         }
     }
 

@@ -615,7 +615,11 @@ mod tests {
     fn ready_is_checked() {
         let ours = ready(SocketType::Pub);
         // Header (flags, size) then the body.
-        assert_eq!(ours[0], FLAG_COMMAND);
+        assert_eq!(
+            ours[..2],
+            [FLAG_COMMAND, 0x19],
+            "as PROTOCOL.md §10.3 shows"
+        );
         assert_eq!(&ours[2..], b"\x05READY\x0bSocket-Type\x00\x00\x00\x03PUB");
         check_ready(&ours[2..], SocketType::Sub).unwrap();
         let err = check_ready(&ours[2..], SocketType::Pub).unwrap_err();
