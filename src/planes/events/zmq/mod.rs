@@ -347,17 +347,13 @@ mod tests {
         }
     }
 
-    fn message(frames: Vec<Bytes>) -> Vec<Bytes> {
-        frames
-    }
-
     fn good(subject: &str) -> Vec<Bytes> {
         let e = event();
-        message(vec![
+        vec![
             Bytes::copy_from_slice(subject.as_bytes()),
             e.encode_header(),
             e.payload,
-        ])
+        ]
     }
 
     #[test]
@@ -376,17 +372,17 @@ mod tests {
 
     #[test]
     fn malformed_messages_say_why() {
-        let one = message(vec![Bytes::from_static(SUBJECT.as_bytes())]);
+        let one = vec![Bytes::from_static(SUBJECT.as_bytes())];
         assert!(
             parse(one, SUBJECT, "kv")
                 .unwrap_err()
                 .contains("1 frame(s)")
         );
-        let bad_magic = message(vec![
+        let bad_magic = vec![
             Bytes::from_static(SUBJECT.as_bytes()),
             Bytes::from(vec![0u8; 34]),
             Bytes::new(),
-        ]);
+        ];
         assert!(
             parse(bad_magic, SUBJECT, "kv")
                 .unwrap_err()
@@ -396,11 +392,11 @@ mod tests {
             topic: Utf8Bytes::from("kx"),
             ..event()
         };
-        let mismatched = message(vec![
+        let mismatched = vec![
             Bytes::from_static(SUBJECT.as_bytes()),
             other_topic.encode_header(),
             Bytes::new(),
-        ]);
+        ];
         assert!(
             parse(mismatched, SUBJECT, "kv")
                 .unwrap_err()
@@ -463,7 +459,14 @@ mod tests {
             value: Bytes::from_static(b"not json"),
         }));
         assert_eq!(live(&peers).len(), 1, "an unreadable record drops its peer");
+        // The same record written again (a re-registration): no new task, but a
+        // connection waiting to retry is told to try now.
+        let retry = Arc::clone(&peers.live["p/c"].retry_now);
+        assert!(retry.notified().now_or_never().is_none());
+        peers.apply(KvEvent::Put(kv("p/c", 2)));
+        assert!(retry.notified().now_or_never().is_some(), "retry now");
         let c_task = peers.live["p/c"].task.clone();
+        assert!(!c_task.is_cancelled(), "the same publisher keeps its task");
         stop.cancel();
         assert!(
             c_task.is_cancelled(),
