@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::BenchError;
+use super::latency::{Recorder, SharedHistogram};
 
 /// One client's way of doing one round trip: send a request, wait for its last response.
 pub(crate) trait Caller: Send + 'static {
@@ -58,13 +59,11 @@ impl Measurement {
     }
 }
 
-/// 1 ns to 100 s at 3 significant digits: a few hundred KiB per worker.
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("constant, valid bounds")
-}
+/// Latencies from 1 ns to 100 s at 3 significant digits, one histogram per run.
+const MAX_LATENCY_NANOS: u64 = 100_000_000_000;
 
-fn record(histogram: &mut Histogram<u64>, latency: Duration) {
-    histogram.saturating_record(latency.as_nanos().try_into().unwrap_or(u64::MAX));
+fn record(recorder: &mut Recorder, latency: Duration) {
+    recorder.record(latency.as_nanos().try_into().unwrap_or(u64::MAX));
 }
 
 /// Every caller loops send → wait: warm-up, then the round trips that start inside the
@@ -78,22 +77,25 @@ pub(crate) async fn closed_loop<C: Caller>(
 ) -> Result<Measurement, BenchError> {
     let warm_end = Instant::now() + timing.warmup;
     let end = warm_end + timing.measure;
-    let workers = callers.into_iter().map(|mut caller| async move {
-        let mut histogram = new_histogram();
-        while Instant::now() < warm_end {
-            caller.call().await?;
-        }
-        let started = Instant::now();
-        loop {
-            let start = Instant::now();
-            if start >= end {
-                return Ok((histogram, started));
+    let shared = SharedHistogram::new(MAX_LATENCY_NANOS);
+    let workers = callers.into_iter().map(|mut caller| {
+        let mut recorder = shared.recorder();
+        async move {
+            while Instant::now() < warm_end {
+                caller.call().await?;
             }
-            caller.call().await?;
-            record(&mut histogram, start.elapsed());
+            let started = Instant::now();
+            loop {
+                let start = Instant::now();
+                if start >= end {
+                    return Ok(started);
+                }
+                caller.call().await?;
+                record(&mut recorder, start.elapsed());
+            }
         }
     });
-    collect(workers).await
+    collect(workers, shared.clone()).await
 }
 
 /// Requests are scheduled at `rate` per second from a shared clock; each caller takes the
@@ -112,15 +114,16 @@ pub(crate) async fn open_loop<C: Caller>(
     let warm_end = t0 + timing.warmup;
     let end = warm_end + timing.measure;
     let next_slot = Arc::new(AtomicU64::new(0));
+    let shared = SharedHistogram::new(MAX_LATENCY_NANOS);
     let workers = callers.into_iter().map(|mut caller| {
         let next_slot = Arc::clone(&next_slot);
+        let mut recorder = shared.recorder();
         async move {
-            let mut histogram = new_histogram();
             loop {
                 let slot = next_slot.fetch_add(1, Ordering::Relaxed);
                 let scheduled = t0 + Duration::from_secs_f64(slot as f64 / rate);
                 if scheduled >= end {
-                    return Ok((histogram, warm_end));
+                    return Ok(warm_end);
                 }
                 let start = if Instant::now() >= scheduled {
                     scheduled
@@ -130,34 +133,33 @@ pub(crate) async fn open_loop<C: Caller>(
                 };
                 caller.call().await?;
                 if scheduled >= warm_end {
-                    record(&mut histogram, start.elapsed());
+                    record(&mut recorder, start.elapsed());
                 }
             }
         }
     });
-    collect(workers).await
+    collect(workers, shared.clone()).await
 }
 
-/// Runs the workers as tasks (so they spread over the runtime's threads) and merges their
-/// histograms; the first error stops the run. Each worker returns its histogram and when
-/// its recording began; the run lasts from the earliest such start until the last worker
-/// is done.
-async fn collect<W>(workers: impl Iterator<Item = W>) -> Result<Measurement, BenchError>
+/// Runs the workers as tasks (so they spread over the runtime's threads); they record
+/// into `shared`, and the first error stops the run. Each worker returns when its
+/// recording began; the run lasts from the earliest such start until the last worker is
+/// done (and has dropped its recorder, adding what it held).
+async fn collect<W>(
+    workers: impl Iterator<Item = W>,
+    shared: SharedHistogram,
+) -> Result<Measurement, BenchError>
 where
-    W: Future<Output = Result<(Histogram<u64>, Instant), BenchError>> + Send + 'static,
+    W: Future<Output = Result<Instant, BenchError>> + Send + 'static,
 {
     let mut tasks: JoinSet<_> = workers.collect();
-    let mut histogram = new_histogram();
     let mut started: Option<Instant> = None;
     while let Some(joined) = tasks.join_next().await {
-        let (worker, worker_started) = joined.map_err(|e| BenchError::Worker(e.to_string()))??;
-        histogram
-            .add(&worker)
-            .expect("histograms with the same bounds always add");
+        let worker_started = joined.map_err(|e| BenchError::Worker(e.to_string()))??;
         started = Some(started.map_or(worker_started, |s| s.min(worker_started)));
     }
     Ok(Measurement {
-        histogram,
+        histogram: shared.snapshot(),
         elapsed: started.map_or(Duration::ZERO, |started| started.elapsed()),
     })
 }

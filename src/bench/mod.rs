@@ -16,6 +16,7 @@ mod driver;
 mod echo;
 mod error;
 mod events;
+mod latency;
 #[cfg(feature = "nats")]
 mod nats_plane;
 mod plane;
@@ -33,6 +34,7 @@ pub use cells::Cell;
 pub use echo::echo_handler;
 pub use error::BenchError;
 pub use events::{EVENT_PAYLOAD, EventResult, VersusBare};
+pub use latency::{Recorder, SharedHistogram};
 pub use report::{CellResult, Mode, Percentiles, Ratios, System};
 
 use driver::{Caller, Measurement, Timing};

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
+use planewire::bench::{Recorder, SharedHistogram};
 use planewire::codec::Utf8Bytes;
 use planewire::planes::Request;
 use planewire::planes::discovery::{
@@ -55,12 +56,14 @@ fn parse_wait(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| "expected seconds, such as 5 or 0.5".to_owned())
 }
 
-/// What one worker saw.
+/// What one worker saw besides latencies, which go to the run's one histogram.
 struct Tally {
-    latencies: Histogram<u64>,
     errors: u64,
     first_error: Option<RouteError>,
 }
+
+/// Latencies in nanoseconds, up to an hour.
+const MAX_LATENCY_NANOS: u64 = 3_600_000_000_000;
 
 /// Sends the requests. With `--data` the first error ends the command; otherwise every
 /// request is sent, failures are counted, and any failure makes the exit status non-zero.
@@ -80,9 +83,10 @@ pub async fn run(args: CallArgs) -> Result<(), CliError> {
         print,
     });
     let start = Instant::now();
+    let latencies = SharedHistogram::new(MAX_LATENCY_NANOS);
     let mut workers = JoinSet::new();
     for _ in 0..args.concurrency.min(count) {
-        workers.spawn(Arc::clone(&job).work());
+        workers.spawn(Arc::clone(&job).work(latencies.recorder()));
     }
     let mut total = Tally::new();
     while let Some(joined) = workers.join_next().await {
@@ -90,6 +94,7 @@ pub async fn run(args: CallArgs) -> Result<(), CliError> {
     }
     if !print {
         let summary = summary(
+            &latencies.snapshot(),
             &total,
             count,
             args.concurrency,
@@ -174,14 +179,14 @@ struct Job {
 }
 
 impl Job {
-    async fn work(self: Arc<Self>) -> Result<Tally, CliError> {
+    async fn work(self: Arc<Self>, mut latencies: Recorder) -> Result<Tally, CliError> {
         let mut tally = Tally::new();
         while self.take_one() {
             let start = Instant::now();
             match self.call_once().await {
                 Ok(responses) => {
                     let nanos = start.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
-                    tally.latencies.saturating_record(nanos);
+                    latencies.record(nanos);
                     if self.print {
                         print_lines(&responses)?;
                     }
@@ -232,17 +237,12 @@ fn print_lines(responses: &[Bytes]) -> std::io::Result<()> {
 impl Tally {
     fn new() -> Self {
         Self {
-            latencies: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
-                .expect("constant, valid bounds"),
             errors: 0,
             first_error: None,
         }
     }
 
     fn merge(&mut self, other: Tally) {
-        self.latencies
-            .add(&other.latencies)
-            .expect("histograms with the same bounds always add");
         self.errors += other.errors;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
@@ -251,13 +251,14 @@ impl Tally {
 }
 
 fn summary(
+    latencies: &Histogram<u64>,
     total: &Tally,
     count: u64,
     concurrency: u64,
     payload: usize,
     elapsed: Duration,
 ) -> String {
-    let h = &total.latencies;
+    let h = latencies;
     let latency = if h.is_empty() {
         "n/a (no request succeeded)".to_owned()
     } else {
