@@ -17,7 +17,12 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // This executable has no `bench-server` subcommand: the server process is the
+    // `planewire` binary cargo built beside it.
+    args.options
+        .server_exe
+        .get_or_insert_with(|| env!("CARGO_BIN_EXE_planewire").into());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -33,8 +33,11 @@ enum Command {
     Discovery(cli::discovery::DiscoveryArgs),
     /// Publish or subscribe to events on the event plane (DYN_EVENT_PLANE).
     Events(cli::events::EventsArgs),
-    /// Run the latency benchmark against a raw-TCP floor, all in this process.
+    /// Run the latency benchmark against a raw-TCP floor, its servers in a second process.
     Bench(planewire::bench::BenchOptions),
+    /// The benchmark's server process (started by `bench`).
+    #[command(name = "bench-server", hide = true)]
+    BenchServer,
 }
 
 #[tokio::main]
@@ -53,6 +56,9 @@ async fn main() -> ExitCode {
         Command::Bench(options) => planewire::bench::run(&options)
             .await
             .map(drop)
+            .map_err(Into::into),
+        Command::BenchServer => planewire::bench::serve_bench_server()
+            .await
             .map_err(Into::into),
     };
     match result {

@@ -171,3 +171,79 @@ fn serve_exits_cleanly_on_sigterm() {
     let status = server.process.terminate();
     assert!(status.success(), "serve exited with {status}");
 }
+
+/// `planewire bench-server`, the benchmark's server process: its addresses, once both
+/// servers listen.
+fn bench_server() -> (std::process::Child, serde_json::Value) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_planewire"))
+        .arg("bench-server")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start bench-server");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("read its addresses");
+    let addresses = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    (child, addresses)
+}
+
+fn exits_by(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + planewire_bin::PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bench-server still running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_bench_server_serves_both_floors_and_stops_on_sigterm() {
+    use std::io::{Read, Write};
+    let (mut child, addresses) = bench_server();
+    // The raw floor echoes `u32 length, u32 count, payload` as `count` × `u32 length, payload`.
+    let raw = addresses["raw"].as_str().expect("a raw address");
+    let mut conn = std::net::TcpStream::connect(raw).unwrap();
+    conn.write_all(&[3, 0, 0, 0, 2, 0, 0, 0, b'a', b'b', b'c'])
+        .unwrap();
+    let mut reply = [0u8; 14];
+    conn.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"\x03\x00\x00\x00abc\x03\x00\x00\x00abc");
+    // The planewire endpoint answers a call.
+    let setup = Setup::loopback();
+    let plane = addresses["planewire"]
+        .as_str()
+        .expect("a planewire address");
+    let output = setup.output(&[
+        "call",
+        "--endpoint",
+        "bench/echo/unary",
+        "--addr",
+        plane,
+        "--data",
+        "hi",
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout), "hi\n");
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    assert!(exits_by(&mut child).success());
+}
+
+#[test]
+fn the_bench_server_exits_when_the_benchmark_is_gone() {
+    let (mut child, _) = bench_server();
+    // Its stdin closing is what a killed parent process looks like.
+    drop(child.stdin.take());
+    assert!(exits_by(&mut child).success());
+}

@@ -30,7 +30,7 @@ pub struct Cell {
     pub track_rss: bool,
 }
 
-/// The cells of issue #4, in order. `largest_payload` is the biggest unary request the
+/// The cells of issues #4 and #13, in order. `largest_payload` is the biggest unary request the
 /// default `DYN_TCP_MAX_MESSAGE_SIZE` carries (32 MiB less the frame header and path).
 pub(crate) fn plan(largest_payload: usize) -> Vec<Cell> {
     let cell = |payload, concurrency, responses| Cell {
@@ -43,8 +43,22 @@ pub(crate) fn plan(largest_payload: usize) -> Vec<Cell> {
         .into_iter()
         .map(|payload| cell(payload, 1, 1))
         .collect();
-    cells.extend([cell(64, 64, 1), cell(KIB, 64, 1), cell(64, 1, 16)]);
+    cells.extend([
+        cell(64, 64, 1),
+        cell(KIB, 64, 1),
+        cell(64 * KIB, 64, 1),
+        cell(MIB, 64, 1),
+        cell(64, 1, 16),
+    ]);
     cells
+}
+
+/// The response counts the cells use: the server side has an echo endpoint for each.
+pub(crate) fn response_counts() -> Vec<usize> {
+    let mut counts: Vec<usize> = plan(0).iter().map(|c| c.responses).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    counts
 }
 
 /// Quick mode keeps the whole run under 20 s on two cores; full mode under 3 minutes.

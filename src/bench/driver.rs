@@ -43,6 +43,8 @@ impl Timing {
 pub(crate) struct Measurement {
     pub histogram: Histogram<u64>,
     pub elapsed: Duration,
+    /// Round trips made, warm-up included: what the run's CPU time was spent on.
+    pub calls: u64,
 }
 
 impl Measurement {
@@ -56,6 +58,7 @@ impl Measurement {
             .add(&other.histogram)
             .expect("histograms with the same bounds always add");
         self.elapsed += other.elapsed;
+        self.calls += other.calls;
     }
 }
 
@@ -81,16 +84,19 @@ pub(crate) async fn closed_loop<C: Caller>(
     let workers = callers.into_iter().map(|mut caller| {
         let mut recorder = shared.recorder();
         async move {
+            let mut calls = 0;
             while Instant::now() < warm_end {
                 caller.call().await?;
+                calls += 1;
             }
             let started = Instant::now();
             loop {
                 let start = Instant::now();
                 if start >= end {
-                    return Ok(started);
+                    return Ok((started, calls));
                 }
                 caller.call().await?;
+                calls += 1;
                 record(&mut recorder, start.elapsed());
             }
         }
@@ -119,11 +125,12 @@ pub(crate) async fn open_loop<C: Caller>(
         let next_slot = Arc::clone(&next_slot);
         let mut recorder = shared.recorder();
         async move {
+            let mut calls = 0;
             loop {
                 let slot = next_slot.fetch_add(1, Ordering::Relaxed);
                 let scheduled = t0 + Duration::from_secs_f64(slot as f64 / rate);
                 if scheduled >= end {
-                    return Ok(warm_end);
+                    return Ok((warm_end, calls));
                 }
                 let start = if Instant::now() >= scheduled {
                     scheduled
@@ -132,6 +139,7 @@ pub(crate) async fn open_loop<C: Caller>(
                     Instant::now()
                 };
                 caller.call().await?;
+                calls += 1;
                 if scheduled >= warm_end {
                     record(&mut recorder, start.elapsed());
                 }
@@ -143,23 +151,28 @@ pub(crate) async fn open_loop<C: Caller>(
 
 /// Runs the workers as tasks (so they spread over the runtime's threads); they record
 /// into `shared`, and the first error stops the run. Each worker returns when its
-/// recording began; the run lasts from the earliest such start until the last worker is
-/// done (and has dropped its recorder, adding what it held).
+/// recording began and how many calls it made; the run lasts from the earliest such
+/// start until the last worker is done (and has dropped its recorder, adding what it
+/// held).
 async fn collect<W>(
     workers: impl Iterator<Item = W>,
     shared: SharedHistogram,
 ) -> Result<Measurement, BenchError>
 where
-    W: Future<Output = Result<Instant, BenchError>> + Send + 'static,
+    W: Future<Output = Result<(Instant, u64), BenchError>> + Send + 'static,
 {
     let mut tasks: JoinSet<_> = workers.collect();
     let mut started: Option<Instant> = None;
+    let mut calls = 0;
     while let Some(joined) = tasks.join_next().await {
-        let worker_started = joined.map_err(|e| BenchError::Worker(e.to_string()))??;
+        let (worker_started, worker_calls) =
+            joined.map_err(|e| BenchError::Worker(e.to_string()))??;
         started = Some(started.map_or(worker_started, |s| s.min(worker_started)));
+        calls += worker_calls;
     }
     Ok(Measurement {
         histogram: shared.snapshot(),
         elapsed: started.map_or(Duration::ZERO, |started| started.elapsed()),
+        calls,
     })
 }

@@ -1,8 +1,7 @@
 //! The system under test: a planewire `TcpServer` with echo endpoints and a `TcpClient`,
-//! both in this process, talking over 127.0.0.1 with the default settings.
+//! talking over 127.0.0.1 with the default settings, in one process or two.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,68 +16,86 @@ use crate::tcp::{ServerConfig, TcpClient, TcpServer};
 
 const SYSTEM: &str = "planewire";
 
-pub(crate) struct Planewire {
-    server: TcpServer,
-    client: Arc<TcpClient>,
-    address: Arc<str>,
-    /// Echo endpoints by response count, registered on first use.
-    paths: HashMap<usize, Utf8Bytes>,
+/// Defaults, not the `DYN_*` environment: the figures are for the embedded default.
+fn tcp_config() -> TcpConfig {
+    TcpConfig {
+        host: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        ..TcpConfig::default()
+    }
 }
 
-impl Planewire {
-    pub async fn start() -> Result<Self, BenchError> {
-        // Defaults, not the `DYN_*` environment: the figures are for the embedded default.
-        let tcp = TcpConfig {
-            host: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            ..TcpConfig::default()
-        };
+/// The endpoint that answers each request with `responses` copies of its payload.
+fn echo_path(responses: usize) -> EndpointPath {
+    let name = match responses {
+        1 => "unary".to_owned(),
+        k => format!("stream{k}"),
+    };
+    EndpointPath::new("bench", "echo", name, 1).expect("constant, valid path")
+}
+
+/// The server side: a planewire server with an echo endpoint per response count.
+pub(crate) struct PlanewireServer {
+    server: TcpServer,
+}
+
+impl PlanewireServer {
+    pub async fn start(
+        response_counts: impl IntoIterator<Item = usize>,
+    ) -> Result<Self, BenchError> {
         let server = TcpServer::bind(ServerConfig {
-            tcp: tcp.clone(),
+            tcp: tcp_config(),
             ..ServerConfig::default()
         })
         .await
         .map_err(BenchError::io("starting the planewire server"))?;
-        let client = TcpClient::new(tcp)?;
-        Ok(Self {
-            address: server.local_addr().to_string().into(),
-            server,
-            client: Arc::new(client),
-            paths: HashMap::new(),
-        })
+        for responses in response_counts {
+            server
+                .register(&echo_path(responses), echo_handler(responses))
+                .await
+                .map_err(|err| {
+                    BenchError::Worker(format!("registering an echo endpoint: {err}"))
+                })?;
+        }
+        Ok(Self { server })
     }
 
-    /// The path of the endpoint that answers with `responses` copies of each payload.
-    async fn path(&mut self, responses: usize) -> Utf8Bytes {
-        if let Some(path) = self.paths.get(&responses) {
-            return path.clone();
-        }
-        let name = match responses {
-            1 => "unary".to_owned(),
-            k => format!("stream{k}"),
-        };
-        let path = EndpointPath::new("bench", "echo", name, 1).expect("constant, valid path");
-        self.server
-            .register(&path, echo_handler(responses))
-            .await
-            .expect("each response count is registered once");
-        let path = Utf8Bytes::from(&path);
-        self.paths.insert(responses, path.clone());
-        path
+    pub fn address(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
+}
+
+/// The client side, for a [`PlanewireServer`] in this process or another.
+pub(crate) struct Planewire {
+    client: Arc<TcpClient>,
+    address: Arc<str>,
+}
+
+impl Planewire {
+    pub fn connect(address: SocketAddr) -> Result<Self, BenchError> {
+        Ok(Self {
+            client: Arc::new(TcpClient::new(tcp_config())?),
+            address: address.to_string().into(),
+        })
     }
 
     /// The largest unary payload whose request frame fits `DYN_TCP_MAX_MESSAGE_SIZE`: the
     /// frame also carries the fixed header and the endpoint path.
-    pub async fn max_unary_payload(&mut self) -> usize {
-        self.client.config().max_message_size - HEADER_LEN - self.path(1).await.len()
+    pub fn max_unary_payload(&self) -> usize {
+        let path = Utf8Bytes::from(&echo_path(1));
+        self.client.config().max_message_size - HEADER_LEN - path.len()
     }
 
-    pub async fn callers(
-        &mut self,
+    pub fn callers(
+        &self,
         payload: &Bytes,
         responses: usize,
         concurrency: usize,
     ) -> Vec<PlaneCaller<TcpClient>> {
-        let path = self.path(responses).await;
+        let path = Utf8Bytes::from(&echo_path(responses));
         (0..concurrency)
             .map(|_| PlaneCaller {
                 system: SYSTEM,
@@ -89,10 +106,6 @@ impl Planewire {
                 responses,
             })
             .collect()
-    }
-
-    pub async fn shutdown(self) {
-        self.server.shutdown().await;
     }
 }
 

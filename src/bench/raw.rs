@@ -6,6 +6,8 @@
 //! answered with one write; payloads of 64 KiB and more are written straight from the read
 //! buffer instead of being copied.
 
+use std::net::SocketAddr;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -23,7 +25,7 @@ const SYSTEM: &str = "raw TCP";
 
 /// The raw echo server. Dropping it stops accepting; open connections end with their clients.
 pub(crate) struct RawServer {
-    address: std::net::SocketAddr,
+    address: SocketAddr,
     accept: JoinHandle<()>,
 }
 
@@ -47,6 +49,17 @@ impl RawServer {
         Ok(Self { address, accept })
     }
 
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+/// The floor's client side, for a [`RawServer`] in this process or another.
+pub(crate) struct RawClient {
+    pub address: SocketAddr,
+}
+
+impl RawClient {
     async fn connect(&self) -> Result<TcpStream, BenchError> {
         let socket = TcpStream::connect(self.address)
             .await

@@ -32,6 +32,35 @@ pub enum Mode {
     Open,
 }
 
+/// Where the servers ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topology {
+    /// The servers in a process of their own (`planewire bench-server`), the default.
+    TwoProcess,
+    /// Servers and clients on one runtime (`--in-process`).
+    InProcess,
+}
+
+impl std::fmt::Display for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::TwoProcess => "two processes",
+            Self::InProcess => "one process",
+        })
+    }
+}
+
+/// CPU time (user + system, every thread) per request, in microseconds, over a run's
+/// closed-loop slices and their warm-ups (whose requests count too).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CpuCost {
+    /// The measuring process: the clients (in-process, the servers too).
+    pub client_us: f64,
+    /// The server process; absent in-process.
+    pub server_us: Option<f64>,
+}
+
 /// Round-trip latency in microseconds, from send to the last response.
 #[derive(Debug, Clone, Serialize)]
 pub struct Percentiles {
@@ -55,6 +84,7 @@ pub struct Ratios {
 #[derive(Debug, Clone, Serialize)]
 pub struct CellResult {
     pub system: System,
+    pub topology: Topology,
     /// Request payload in bytes; each response carries the same payload back.
     pub payload: usize,
     pub concurrency: usize,
@@ -69,9 +99,16 @@ pub struct CellResult {
     pub mb_per_s: f64,
     /// `None` on the floor's own rows.
     pub ratio_to_floor: Option<Ratios>,
-    /// Absent where not measured; `null` where the platform cannot tell (not Linux).
+    /// Closed loops only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_request: Option<CpuCost>,
+    /// The measuring process's peak (in-process: both sides'). Absent where not
+    /// measured; `null` where the platform cannot tell (not Linux).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss_bytes: Option<Option<u64>>,
+    /// The server process's peak, in two-process runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_peak_rss_bytes: Option<Option<u64>>,
 }
 
 /// A result with the histogram it came from, for the plot.
@@ -94,6 +131,8 @@ impl Run {
         let bytes_per_request = cell.payload * (1 + cell.responses);
         let result = CellResult {
             system,
+            // Set for every run once the run of cells is over.
+            topology: Topology::TwoProcess,
             payload: cell.payload,
             concurrency: cell.concurrency,
             responses: cell.responses,
@@ -110,12 +149,19 @@ impl Run {
             rps,
             mb_per_s: rps * bytes_per_request as f64 / 1e6,
             ratio_to_floor: None,
+            cpu_us_per_request: None,
             peak_rss_bytes: None,
+            server_peak_rss_bytes: None,
         };
         Self {
             result,
             histogram: measurement.histogram,
         }
+    }
+
+    pub fn with_cpu(mut self, cpu: Option<CpuCost>) -> Self {
+        self.result.cpu_us_per_request = cpu;
+        self
     }
 
     /// Planewire's run, compared with the floor's run of the same cell and mode.
@@ -147,11 +193,11 @@ pub(crate) fn workload_label(r: &CellResult) -> String {
     )
 }
 
-pub(crate) fn table(results: &[CellResult], open_load: f64) -> String {
+pub(crate) fn table(results: &[CellResult], open_load: f64, topology: Topology) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<10} {:>3} {:>4}  {:<9} {:<11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>5} {:>5} {:>5}  peak RSS",
+        "{:<10} {:>3} {:>4}  {:<9} {:<11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>5} {:>5} {:>5} {:>11}  peak RSS",
         "payload",
         "c",
         "resp",
@@ -167,6 +213,7 @@ pub(crate) fn table(results: &[CellResult], open_load: f64) -> String {
         "p50×",
         "p99×",
         "rps×",
+        "cpu µs/req",
     );
     for r in results {
         let mode = match r.offered_rps {
@@ -183,15 +230,31 @@ pub(crate) fn table(results: &[CellResult], open_load: f64) -> String {
                 .as_ref()
                 .map_or_else(String::new, |x| format!("{:.2}", f(x)))
         };
-        let rss = match r.peak_rss_bytes {
+        let mib = |peak: Option<u64>| {
+            peak.map_or("n/a".to_owned(), |bytes| {
+                format!("{:.0} MiB", bytes as f64 / (1 << 20) as f64)
+            })
+        };
+        let rss = match (r.peak_rss_bytes, r.server_peak_rss_bytes) {
+            (None, _) => String::new(),
+            (Some(client), None) => mib(client),
+            (Some(client), Some(server)) => format!("{} + {}", mib(client), mib(server)),
+        };
+        let cpu = match r.cpu_us_per_request {
             None => String::new(),
-            Some(None) => "n/a".to_owned(),
-            Some(Some(bytes)) => format!("{:.0} MiB", bytes as f64 / (1 << 20) as f64),
+            Some(CpuCost {
+                client_us,
+                server_us: None,
+            }) => micros(client_us),
+            Some(CpuCost {
+                client_us,
+                server_us: Some(server_us),
+            }) => format!("{}+{}", micros(client_us), micros(server_us)),
         };
         let l = &r.latency_us;
         let _ = writeln!(
             out,
-            "{:<10} {:>3} {:>4}  {:<9} {:<11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>8.1} {:>5} {:>5} {:>5}  {rss}",
+            "{:<10} {:>3} {:>4}  {:<9} {:<11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>8.1} {:>5} {:>5} {:>5} {cpu:>11}  {rss}",
             size_label(r.payload),
             r.concurrency,
             r.responses,
@@ -211,12 +274,17 @@ pub(crate) fn table(results: &[CellResult], open_load: f64) -> String {
     }
     // Rows without ratios or RSS end in padding; drop it.
     let mut out: String = out.lines().map(|l| format!("{}\n", l.trim_end())).collect();
+    let sides = match topology {
+        Topology::TwoProcess => "client process + server process; peak RSS likewise",
+        Topology::InProcess => "the one process, clients and servers together",
+    };
     let _ = write!(
         out,
         "latency in µs from send to last response; MB/s counts payload both ways; \
          × = planewire ÷ raw TCP in the same cell and mode;\n\
          open N = N req/s offered ({:.0}% of planewire's closed-loop rate), latency from each \
-         request's scheduled send time",
+         request's scheduled send time;\n\
+         cpu = user + system CPU time per request (closed loops, warm-ups included) of {sides}",
         open_load * 100.0
     );
     out
