@@ -147,6 +147,14 @@ impl KvStore for Partitionable {
     ) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
         self.check(|| self.inner.create(key, value, lease))
     }
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
+        self.check(|| self.inner.claim(key, value, lease))
+    }
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, DiscoveryError>> {
         self.check(|| self.inner.get(key))
     }
@@ -155,6 +163,13 @@ impl KvStore for Partitionable {
     }
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
         self.check(|| self.inner.delete(key))
+    }
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
+        self.check(|| self.inner.release(key, lease))
     }
     fn watch<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<KvWatch, DiscoveryError>> {
         self.check(|| self.inner.watch(prefix))

@@ -213,6 +213,57 @@ pub async fn killed_worker_expires(
     assert_eq!(frontend.list(&ns, "backend", "generate").await.unwrap(), []);
 }
 
+/// `claim` writes a key that is absent or on its lease (and writes nothing when the
+/// value is already there), refuses one on another lease or on none, naming the
+/// holder; `release` deletes only a key on its lease.
+async fn claim_and_release(store: &dyn KvStore, key: &impl Fn(&str) -> String) {
+    let (e, f) = (key("e"), key("f"));
+    let mine = store.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let theirs = store.grant_lease(Duration::from_secs(30)).await.unwrap();
+    assert!(
+        store.claim(&e, "8".into(), mine).await.unwrap(),
+        "absent: written"
+    );
+    assert!(
+        !store.claim(&e, "8".into(), mine).await.unwrap(),
+        "intact: no write"
+    );
+    assert!(
+        store.claim(&e, "9".into(), mine).await.unwrap(),
+        "ours: rewritten"
+    );
+    match store.claim(&e, "x".into(), theirs).await {
+        Err(DiscoveryError::KeyHeld { key, holder }) => {
+            assert_eq!((key.as_str(), holder), (e.as_str(), Some(mine)));
+        }
+        other => panic!("claimed a key on another lease: {other:?}"),
+    }
+    assert!(
+        !store.release(&e, theirs).await.unwrap(),
+        "not on that lease"
+    );
+    assert_eq!(store.get(&e).await.unwrap().unwrap(), "9");
+    store.put(&f, "10".into(), None).await.unwrap();
+    assert!(matches!(
+        store.claim(&f, "x".into(), mine).await,
+        Err(DiscoveryError::KeyHeld { holder: None, .. })
+    ));
+    assert!(
+        !store.release(&f, mine).await.unwrap(),
+        "no lease is not my lease"
+    );
+    assert!(store.release(&e, mine).await.unwrap());
+    assert!(!store.release(&e, mine).await.unwrap(), "already gone");
+    assert_eq!(store.get(&e).await.unwrap(), None);
+    store.revoke_lease(theirs).await.unwrap();
+    assert!(matches!(
+        store.claim(&e, "x".into(), theirs).await,
+        Err(DiscoveryError::LeaseExpired { .. })
+    ));
+    store.revoke_lease(mine).await.unwrap();
+    assert!(store.delete(&f).await.unwrap());
+}
+
 /// The raw key-value operations: create-if-absent, get, put, list by prefix, delete,
 /// and keys on a lease that is revoked.
 pub async fn kv_operations(store: &dyn KvStore) {
@@ -261,6 +312,8 @@ pub async fn kv_operations(store: &dyn KvStore) {
             .await
             .map(drop)
     ));
+
+    claim_and_release(store, &key).await;
 
     assert!(store.delete(&key("a")).await.unwrap());
     assert!(!store.delete(&key("a")).await.unwrap());

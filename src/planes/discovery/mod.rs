@@ -2,7 +2,8 @@
 //!
 //! Three layers, bottom up:
 //! - [`KvStore`]: what a backend provides — leases, put / create-if-absent / get / list /
-//!   delete, and prefix watches that resume after reconnects. Backends: [`MemoryStore`]
+//!   delete, claim and release (write only a key that is absent or on one's own lease,
+//!   delete only one on it), and prefix watches that resume after reconnects. Backends: [`MemoryStore`]
 //!   (one process), [`FileStore`] (one host, no server, the default) and `EtcdStore`
 //!   (cargo feature `etcd`).
 //! - [`Discovery`]: one lease per process, kept alive in the background; every

@@ -277,6 +277,43 @@ impl Dir {
         Ok(true)
     }
 
+    /// See [`KvStore::claim`](crate::planes::discovery::KvStore::claim): under the lock,
+    /// a record that is missing, not a record, or on an expired lease is absent.
+    pub(super) fn claim(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: LeaseId,
+    ) -> Result<bool, DiscoveryError> {
+        let name = Self::name(key)?;
+        let _lock = self.lock()?;
+        let now = unix_millis(SystemTime::now());
+        if !self.lease_alive(lease, now)? {
+            return Err(DiscoveryError::LeaseExpired { lease });
+        }
+        let held = |holder| DiscoveryError::KeyHeld {
+            key: key.to_owned(),
+            holder,
+        };
+        match self.read_stored(&name)? {
+            Stored::Record {
+                lease: Some(l),
+                value: stored,
+            } if l == lease => {
+                if stored == value {
+                    return Ok(false);
+                }
+            }
+            Stored::Record { lease: None, .. } => return Err(held(None)),
+            Stored::Record {
+                lease: Some(other), ..
+            } if self.lease_alive(other, now)? => return Err(held(Some(other))),
+            Stored::Record { .. } | Stored::Missing | Stored::Corrupt => {}
+        }
+        self.write_record(&name, value, Some(lease))?;
+        Ok(true)
+    }
+
     pub(super) fn get(&self, key: &str) -> Result<Option<Bytes>, DiscoveryError> {
         self.live_value(&Self::name(key)?, &mut HashMap::new())
     }
@@ -287,6 +324,17 @@ impl Dir {
         let existed = self.live_value(&name, &mut HashMap::new())?.is_some();
         self.remove(&self.keys.join(&name))?;
         Ok(existed)
+    }
+
+    pub(super) fn release(&self, key: &str, lease: LeaseId) -> Result<bool, DiscoveryError> {
+        let name = Self::name(key)?;
+        let _lock = self.lock()?;
+        match self.read_stored(&name)? {
+            Stored::Record { lease: Some(l), .. } if l == lease => {
+                self.remove(&self.keys.join(&name))
+            }
+            _ => Ok(false),
+        }
     }
 
     /// The value of record `name` if it exists and its lease (if any) is alive.

@@ -118,6 +118,16 @@ impl KvStore for FileStore {
         self.run(move |dir| dir.create(&key, &value, lease))
     }
 
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
+        let key = key.to_owned();
+        self.run(move |dir| dir.claim(&key, &value, lease))
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, DiscoveryError>> {
         let key = key.to_owned();
         self.run(move |dir| dir.get(&key))
@@ -131,6 +141,15 @@ impl KvStore for FileStore {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
         let key = key.to_owned();
         self.run(move |dir| dir.delete(&key))
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
+        let key = key.to_owned();
+        self.run(move |dir| dir.release(&key, lease))
     }
 
     fn watch<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<KvWatch, DiscoveryError>> {
