@@ -264,6 +264,93 @@ async fn claim_and_release(store: &dyn KvStore, key: &impl Fn(&str) -> String) {
     assert!(store.delete(&f).await.unwrap());
 }
 
+/// Polls `done` every 50 ms until it holds, for at most `PATIENCE`.
+async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    within(what, async {
+        while !done().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// Registration is create-if-absent (issue 14, item 4). A second process registering a
+/// live instance id gets `InstanceHeld` naming the id and the first's lease and
+/// address; the first's record stays, and the second's shutdown deletes nothing of it.
+/// If the first's lease is lost and a third process takes the id meanwhile, the first's
+/// keep-alive never overwrites it, and the first's deregistration and shutdown leave it.
+pub async fn held_keys_are_refused_and_never_deleted(connect: impl AsyncFn() -> Discovery) {
+    let ns = unique_namespace("held");
+    let (frontend, first, second) = (connect().await, connect().await, connect().await);
+    let path = EndpointPath::new(&ns, "c", "e", 0x1f).unwrap();
+    let held = first.register(&path, tcp(10021)).await.unwrap();
+    let first_lease = first.lease_id().await.unwrap();
+    let err = second.register(&path, tcp(10022)).await.unwrap_err();
+    match &err {
+        DiscoveryError::InstanceHeld {
+            instance_id,
+            holder,
+            address,
+            ..
+        } => {
+            assert_eq!(*instance_id, 0x1f);
+            assert_eq!(*holder, Some(first_lease));
+            assert_eq!(address.as_deref(), Some("127.0.0.1:10021"));
+        }
+        other => panic!("expected InstanceHeld, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains(&format!("instance 1f of {ns}/c/e")), "{text}");
+    assert!(text.contains(&format!("lease {first_lease}")), "{text}");
+    let raw = format!("/{ns}/raw");
+    let _raw = first
+        .register_key(raw.clone(), "mine".into())
+        .await
+        .unwrap();
+    assert!(matches!(
+        second.register_key(raw.clone(), "theirs".into()).await,
+        Err(DiscoveryError::KeyHeld { holder: Some(h), .. }) if h == first_lease
+    ));
+    second.shutdown().await;
+    let list = || frontend.list(&ns, "c", "e");
+    assert_eq!(list().await.unwrap(), [held.record().clone()]);
+    assert_eq!(frontend.store().get(&raw).await.unwrap().unwrap(), "mine");
+
+    // The first's lease is lost (revoked here, as a stall past the TTL would expire
+    // it) and a third process takes the id before the first's keep-alive notices; if
+    // the keep-alive wins that race, revoke again.
+    let third = connect().await;
+    let mut attempts = 0;
+    let (taken, lost) = loop {
+        let lease = first.lease_id().await.unwrap();
+        frontend.store().revoke_lease(lease).await.unwrap();
+        match third.register(&path, tcp(10023)).await {
+            Ok(taken) => break (taken, lease),
+            Err(DiscoveryError::InstanceHeld { .. }) if attempts < 10 => attempts += 1,
+            Err(err) => panic!("the third could not take the id: {err}"),
+        }
+    };
+    // Once the first holds a new lease its keep-alive has tried to write the record.
+    eventually("the first re-registering", async || {
+        first.lease_id().await.is_some_and(|l| l != lost)
+    })
+    .await;
+    assert_eq!(list().await.unwrap(), [taken.record().clone()]);
+    assert_eq!(
+        frontend.store().get(&raw).await.unwrap().unwrap(),
+        "mine",
+        "the first's other key is written again"
+    );
+    held.deregister().await.unwrap();
+    first.shutdown().await;
+    assert_eq!(list().await.unwrap(), [taken.record().clone()]);
+    drop(taken);
+    eventually("the third's deregistration", async || {
+        list().await.unwrap().is_empty()
+    })
+    .await;
+}
+
 /// The raw key-value operations: create-if-absent, get, put, list by prefix, delete,
 /// and keys on a lease that is revoked.
 pub async fn kv_operations(store: &dyn KvStore) {

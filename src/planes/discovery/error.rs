@@ -55,6 +55,21 @@ pub enum DiscoveryError {
         /// The lease the key is on; `None` for a key written with no lease.
         holder: Option<LeaseId>,
     },
+    /// [`KeyHeld`](Self::KeyHeld) for an instance record: another process serves this
+    /// instance id.
+    #[error(
+        "instance {instance_id:x} of {endpoint} is already registered by another process ({}{}); stop that process or choose another instance id",
+        held_by(*.holder),
+        address.as_ref().map_or_else(String::new, |a| format!(", serving at {a}"))
+    )]
+    InstanceHeld {
+        /// `namespace/component/endpoint`.
+        endpoint: String,
+        instance_id: u64,
+        holder: Option<LeaseId>,
+        /// Where the holder's record says it serves, if the record is readable.
+        address: Option<String>,
+    },
     #[error("invalid key {key:?}: {reason}")]
     InvalidKey { key: String, reason: String },
     #[error("invalid instance record at {key}: {reason}")]

@@ -8,7 +8,8 @@
 //!   (cargo feature `etcd`).
 //! - [`Discovery`]: one lease per process, kept alive in the background; every
 //!   registration hangs on it, so a process that dies vanishes after the lease TTL. A
-//!   lost lease is noticed, re-granted and every registration written again.
+//!   lost lease is noticed, re-granted and every registration written again. A key
+//!   another process holds is never overwritten nor deleted.
 //! - [`EndpointClient`]: routes requests for one endpoint to the instances discovery
 //!   reports, over the TCP request plane.
 //!
@@ -47,6 +48,7 @@ mod lease;
 mod memory;
 mod record;
 mod registry;
+mod repeats;
 
 pub use config::{
     DiscoveryBackend, DiscoveryConfig, ENV_DISCOVERY_BACKEND, ENV_DISCOVERY_LEASE_TTL, ENV_ETCD_CA,
