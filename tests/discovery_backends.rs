@@ -60,6 +60,11 @@ async fn memory_held_keys_are_refused_and_never_deleted() {
     suite::held_keys_are_refused_and_never_deleted(memory()).await;
 }
 
+#[tokio::test]
+async fn memory_damaged_records_are_rewritten() {
+    suite::damaged_records_are_rewritten(memory()).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn memory_lost_lease_is_re_registered() {
     suite::lost_lease_is_re_registered(memory()).await;
@@ -81,6 +86,12 @@ async fn file_corrupt_records_are_skipped() {
 async fn file_held_keys_are_refused_and_never_deleted() {
     let dir = tempfile::tempdir().unwrap();
     suite::held_keys_are_refused_and_never_deleted(file(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_damaged_records_are_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::damaged_records_are_rewritten(file(&dir)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

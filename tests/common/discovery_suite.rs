@@ -351,6 +351,33 @@ pub async fn held_keys_are_refused_and_never_deleted(connect: impl AsyncFn() -> 
     .await;
 }
 
+/// A registration whose record is deleted, or overwritten on its lease with a value
+/// that is not its record, is written again by the keep-alive (issue 14, item 3),
+/// under the same lease.
+pub async fn damaged_records_are_rewritten(connect: impl AsyncFn() -> Discovery) {
+    let ns = unique_namespace("heal");
+    let (frontend, worker) = (connect().await, connect().await);
+    let path = EndpointPath::new(&ns, "c", "e", 0x31).unwrap();
+    let handle = worker.register(&path, tcp(10031)).await.unwrap();
+    let intact = handle.record().to_json();
+    let lease = worker.lease_id().await.unwrap();
+    let store = frontend.store();
+    let rewritten = async || store.get(handle.key()).await.unwrap() == Some(intact.clone());
+
+    assert!(store.delete(handle.key()).await.unwrap());
+    eventually("the deleted record rewritten", rewritten).await;
+    store
+        .put(handle.key(), Bytes::from_static(b"{not json"), Some(lease))
+        .await
+        .unwrap();
+    eventually("the damaged record rewritten", rewritten).await;
+    assert_eq!(worker.lease_id().await, Some(lease), "repaired in place");
+    assert_eq!(
+        frontend.list(&ns, "c", "e").await.unwrap(),
+        [handle.record().clone()]
+    );
+}
+
 /// The raw key-value operations: create-if-absent, get, put, list by prefix, delete,
 /// and keys on a lease that is revoked.
 pub async fn kv_operations(store: &dyn KvStore) {

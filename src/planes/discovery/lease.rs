@@ -1,8 +1,11 @@
 //! The process's one lease and the registrations hanging on it.
 //!
-//! A background task keeps the lease alive every third of its TTL. If the store says
-//! the lease is gone (the process stalled, or the backend was away, for longer than the
-//! TTL), the task grants a new one and writes every registration again, with a warning. While the backend is unreachable, registrations
+//! A background task keeps the lease alive every third of its TTL, and then checks that
+//! each registration is still in the store, intact and on the lease, rewriting any that
+//! is not (someone deleted or damaged it; a file-backend reader removes a record file it
+//! cannot read). If the store says the lease is gone (the process stalled, or the backend
+//! was away, for longer than the TTL), the task grants a new one and writes every
+//! registration again, with a warning. While the backend is unreachable, registrations
 //! and deregistrations wait here and are written once it answers.
 //!
 //! Every write is a [`claim`](KvStore::claim) and every delete a
@@ -105,9 +108,39 @@ fn warn_held(state: &mut LeaseState, key: &str, holder: Option<LeaseId>) {
     }
 }
 
-/// One keep-alive round: refresh the lease, or re-register if it was lost or never
-/// fully written. Each store call is bounded by `interval`, so a hung backend delays
-/// the next round but never stops the loop.
+/// Checks that every registration is in the store with its value on `lease`, and
+/// rewrites those that are not: nothing else would bring back a deleted or damaged
+/// record before the lease is lost. One claim per registration, which writes nothing
+/// when it is intact.
+async fn check_registrations(
+    store: &dyn KvStore,
+    lease: LeaseId,
+    state: &mut LeaseState,
+    registrations: &Registrations,
+) -> Result<(), DiscoveryError> {
+    for (key, value) in wanted(registrations) {
+        match store.claim(&key, value, lease).await {
+            Ok(false) => {}
+            Ok(true) if state.held.forget(|(held, _)| *held == key) => {
+                tracing::warn!(%key, %lease, "a registration another lease held is free again: written");
+            }
+            Ok(true) => {
+                tracing::warn!(%key, %lease, "a registration was missing or damaged in discovery; rewrote it");
+            }
+            Err(DiscoveryError::KeyHeld { holder, .. }) => warn_held(state, &key, holder),
+            Err(err) => return Err(err),
+        }
+    }
+    let registrations = lock(registrations);
+    state
+        .held
+        .forget(|(key, _)| !registrations.contains_key(key));
+    Ok(())
+}
+
+/// One keep-alive round: refresh the lease and check the registrations, or re-register
+/// if the lease was lost or never fully written. Each step is bounded by `interval`, so
+/// a hung backend delays the next round but never stops the loop.
 pub(super) async fn refresh(
     store: &dyn KvStore,
     ttl: Duration,
@@ -119,7 +152,7 @@ pub(super) async fn refresh(
         return;
     }
     if let (Some(lease), true) = (state.lease, state.synced) {
-        if kept_alive(store, interval, lease, state).await {
+        if kept_alive(store, interval, lease, state, registrations).await {
             return;
         }
         let keys = lock(registrations).len();
@@ -136,13 +169,14 @@ pub(super) async fn refresh(
     }
 }
 
-/// Keeps `lease` alive; `false` if the lease is gone (a failure that may pass is
-/// logged and counts as kept, to be retried next round).
+/// Keeps `lease` alive and checks the registrations; `false` if the lease is gone (a
+/// failure that may pass is logged and counts as kept, to be retried next round).
 async fn kept_alive(
     store: &dyn KvStore,
     interval: Duration,
     lease: LeaseId,
     state: &mut LeaseState,
+    registrations: &Registrations,
 ) -> bool {
     match tokio::time::timeout(interval, store.keep_alive(lease)).await {
         Ok(Ok(())) => {}
@@ -161,5 +195,20 @@ async fn kept_alive(
             tracing::warn!(%err, "could not delete deregistered keys; retrying");
         }
     }
-    true
+    let check = check_registrations(store, lease, state, registrations);
+    match tokio::time::timeout(interval, check).await {
+        Ok(Ok(())) => true,
+        Ok(Err(DiscoveryError::LeaseExpired { .. })) => false,
+        Ok(Err(err)) => {
+            tracing::warn!(%err, "could not check the registrations; retrying next round");
+            true
+        }
+        Err(_) => {
+            tracing::warn!(
+                ?interval,
+                "checking the registrations got no answer; retrying next round"
+            );
+            true
+        }
+    }
 }

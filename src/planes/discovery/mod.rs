@@ -8,7 +8,8 @@
 //!   (cargo feature `etcd`).
 //! - [`Discovery`]: one lease per process, kept alive in the background; every
 //!   registration hangs on it, so a process that dies vanishes after the lease TTL. A
-//!   lost lease is noticed, re-granted and every registration written again. A key
+//!   lost lease is noticed, re-granted and every registration written again; a record
+//!   deleted or damaged under a live lease is rewritten at the next keep-alive. A key
 //!   another process holds is never overwritten nor deleted.
 //! - [`EndpointClient`]: routes requests for one endpoint to the instances discovery
 //!   reports, over the TCP request plane.
