@@ -17,8 +17,17 @@
 //! whose lease expired (its owner stopped refreshing it for longer than the TTL) is
 //! treated as gone by every reader at once, and removed by the next one that looks.
 //! Watches poll every [`FILE_POLL_INTERVAL`].
+//!
+//! Anything else in the directory is one bad entry, never a failed operation: a file
+//! that is not a record, or not a lease file (garbage, empty, truncated, not UTF-8), a
+//! name no key or lease has, a directory or FIFO, a file that cannot be read. It is
+//! skipped and logged at its 1st, 2nd, 4th, 8th… sighting; a record that is not one
+//! counts as absent (any process may write the key) and is removed, and a lease file
+//! that is not one counts as expired, its records with it — except to its owner, which
+//! rewrites it at its next keep-alive and keeps the lease.
 
 mod dir;
+mod entry;
 mod layout;
 mod watch;
 
