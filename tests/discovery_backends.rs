@@ -55,6 +55,16 @@ async fn memory_corrupt_records_are_skipped() {
     suite::corrupt_records_are_skipped(memory()).await;
 }
 
+#[tokio::test]
+async fn memory_held_keys_are_refused_and_never_deleted() {
+    suite::held_keys_are_refused_and_never_deleted(memory()).await;
+}
+
+#[tokio::test]
+async fn memory_damaged_records_are_rewritten() {
+    suite::damaged_records_are_rewritten(memory()).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn memory_lost_lease_is_re_registered() {
     suite::lost_lease_is_re_registered(memory()).await;
@@ -70,6 +80,18 @@ async fn file_register_list_watch() {
 async fn file_corrupt_records_are_skipped() {
     let dir = tempfile::tempdir().unwrap();
     suite::corrupt_records_are_skipped(file(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_held_keys_are_refused_and_never_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::held_keys_are_refused_and_never_deleted(file(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_damaged_records_are_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::damaged_records_are_rewritten(file(&dir)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,6 +169,14 @@ impl KvStore for Partitionable {
     ) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
         self.check(|| self.inner.create(key, value, lease))
     }
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
+        self.check(|| self.inner.claim(key, value, lease))
+    }
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, DiscoveryError>> {
         self.check(|| self.inner.get(key))
     }
@@ -155,6 +185,13 @@ impl KvStore for Partitionable {
     }
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
         self.check(|| self.inner.delete(key))
+    }
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
+        self.check(|| self.inner.release(key, lease))
     }
     fn watch<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<KvWatch, DiscoveryError>> {
         self.check(|| self.inner.watch(prefix))

@@ -53,6 +53,18 @@ async fn etcd_corrupt_records_are_skipped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_held_keys_are_refused_and_never_deleted() {
+    let Some(etcd) = Etcd::start() else { return };
+    suite::held_keys_are_refused_and_never_deleted(connector(&etcd)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_damaged_records_are_rewritten() {
+    let Some(etcd) = Etcd::start() else { return };
+    suite::damaged_records_are_rewritten(connector(&etcd)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_lost_lease_is_re_registered() {
     let Some(etcd) = Etcd::start() else { return };
     suite::lost_lease_is_re_registered(connector(&etcd)).await;

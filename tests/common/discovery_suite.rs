@@ -213,6 +213,171 @@ pub async fn killed_worker_expires(
     assert_eq!(frontend.list(&ns, "backend", "generate").await.unwrap(), []);
 }
 
+/// `claim` writes a key that is absent or on its lease (and writes nothing when the
+/// value is already there), refuses one on another lease or on none, naming the
+/// holder; `release` deletes only a key on its lease.
+async fn claim_and_release(store: &dyn KvStore, key: &impl Fn(&str) -> String) {
+    let (e, f) = (key("e"), key("f"));
+    let mine = store.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let theirs = store.grant_lease(Duration::from_secs(30)).await.unwrap();
+    assert!(
+        store.claim(&e, "8".into(), mine).await.unwrap(),
+        "absent: written"
+    );
+    assert!(
+        !store.claim(&e, "8".into(), mine).await.unwrap(),
+        "intact: no write"
+    );
+    assert!(
+        store.claim(&e, "9".into(), mine).await.unwrap(),
+        "ours: rewritten"
+    );
+    match store.claim(&e, "x".into(), theirs).await {
+        Err(DiscoveryError::KeyHeld { key, holder }) => {
+            assert_eq!((key.as_str(), holder), (e.as_str(), Some(mine)));
+        }
+        other => panic!("claimed a key on another lease: {other:?}"),
+    }
+    assert!(
+        !store.release(&e, theirs).await.unwrap(),
+        "not on that lease"
+    );
+    assert_eq!(store.get(&e).await.unwrap().unwrap(), "9");
+    store.put(&f, "10".into(), None).await.unwrap();
+    assert!(matches!(
+        store.claim(&f, "x".into(), mine).await,
+        Err(DiscoveryError::KeyHeld { holder: None, .. })
+    ));
+    assert!(
+        !store.release(&f, mine).await.unwrap(),
+        "no lease is not my lease"
+    );
+    assert!(store.release(&e, mine).await.unwrap());
+    assert!(!store.release(&e, mine).await.unwrap(), "already gone");
+    assert_eq!(store.get(&e).await.unwrap(), None);
+    store.revoke_lease(theirs).await.unwrap();
+    assert!(matches!(
+        store.claim(&e, "x".into(), theirs).await,
+        Err(DiscoveryError::LeaseExpired { .. })
+    ));
+    store.revoke_lease(mine).await.unwrap();
+    assert!(store.delete(&f).await.unwrap());
+}
+
+/// Polls `done` every 50 ms until it holds, for at most `PATIENCE`.
+async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    within(what, async {
+        while !done().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// Registration is create-if-absent (issue 14, item 4). A second process registering a
+/// live instance id gets `InstanceHeld` naming the id and the first's lease and
+/// address; the first's record stays, and the second's shutdown deletes nothing of it.
+/// If the first's lease is lost and a third process takes the id meanwhile, the first's
+/// keep-alive never overwrites it, and the first's deregistration and shutdown leave it.
+pub async fn held_keys_are_refused_and_never_deleted(connect: impl AsyncFn() -> Discovery) {
+    let ns = unique_namespace("held");
+    let (frontend, first, second) = (connect().await, connect().await, connect().await);
+    let path = EndpointPath::new(&ns, "c", "e", 0x1f).unwrap();
+    let held = first.register(&path, tcp(10021)).await.unwrap();
+    let first_lease = first.lease_id().await.unwrap();
+    let err = second.register(&path, tcp(10022)).await.unwrap_err();
+    match &err {
+        DiscoveryError::InstanceHeld {
+            instance_id,
+            holder,
+            address,
+            ..
+        } => {
+            assert_eq!(*instance_id, 0x1f);
+            assert_eq!(*holder, Some(first_lease));
+            assert_eq!(address.as_deref(), Some("127.0.0.1:10021"));
+        }
+        other => panic!("expected InstanceHeld, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains(&format!("instance 1f of {ns}/c/e")), "{text}");
+    assert!(text.contains(&format!("lease {first_lease}")), "{text}");
+    let raw = format!("/{ns}/raw");
+    let _raw = first
+        .register_key(raw.clone(), "mine".into())
+        .await
+        .unwrap();
+    assert!(matches!(
+        second.register_key(raw.clone(), "theirs".into()).await,
+        Err(DiscoveryError::KeyHeld { holder: Some(h), .. }) if h == first_lease
+    ));
+    second.shutdown().await;
+    let list = || frontend.list(&ns, "c", "e");
+    assert_eq!(list().await.unwrap(), [held.record().clone()]);
+    assert_eq!(frontend.store().get(&raw).await.unwrap().unwrap(), "mine");
+
+    // The first's lease is lost (revoked here, as a stall past the TTL would expire
+    // it) and a third process takes the id before the first's keep-alive notices; if
+    // the keep-alive wins that race, revoke again.
+    let third = connect().await;
+    let mut attempts = 0;
+    let (taken, lost) = loop {
+        let lease = first.lease_id().await.unwrap();
+        frontend.store().revoke_lease(lease).await.unwrap();
+        match third.register(&path, tcp(10023)).await {
+            Ok(taken) => break (taken, lease),
+            Err(DiscoveryError::InstanceHeld { .. }) if attempts < 10 => attempts += 1,
+            Err(err) => panic!("the third could not take the id: {err}"),
+        }
+    };
+    // Once the first holds a new lease its keep-alive has tried to write the record.
+    eventually("the first re-registering", async || {
+        first.lease_id().await.is_some_and(|l| l != lost)
+    })
+    .await;
+    assert_eq!(list().await.unwrap(), [taken.record().clone()]);
+    assert_eq!(
+        frontend.store().get(&raw).await.unwrap().unwrap(),
+        "mine",
+        "the first's other key is written again"
+    );
+    held.deregister().await.unwrap();
+    first.shutdown().await;
+    assert_eq!(list().await.unwrap(), [taken.record().clone()]);
+    drop(taken);
+    eventually("the third's deregistration", async || {
+        list().await.unwrap().is_empty()
+    })
+    .await;
+}
+
+/// A registration whose record is deleted, or overwritten on its lease with a value
+/// that is not its record, is written again by the keep-alive (issue 14, item 3),
+/// under the same lease.
+pub async fn damaged_records_are_rewritten(connect: impl AsyncFn() -> Discovery) {
+    let ns = unique_namespace("heal");
+    let (frontend, worker) = (connect().await, connect().await);
+    let path = EndpointPath::new(&ns, "c", "e", 0x31).unwrap();
+    let handle = worker.register(&path, tcp(10031)).await.unwrap();
+    let intact = handle.record().to_json();
+    let lease = worker.lease_id().await.unwrap();
+    let store = frontend.store();
+    let rewritten = async || store.get(handle.key()).await.unwrap() == Some(intact.clone());
+
+    assert!(store.delete(handle.key()).await.unwrap());
+    eventually("the deleted record rewritten", rewritten).await;
+    store
+        .put(handle.key(), Bytes::from_static(b"{not json"), Some(lease))
+        .await
+        .unwrap();
+    eventually("the damaged record rewritten", rewritten).await;
+    assert_eq!(worker.lease_id().await, Some(lease), "repaired in place");
+    assert_eq!(
+        frontend.list(&ns, "c", "e").await.unwrap(),
+        [handle.record().clone()]
+    );
+}
+
 /// The raw key-value operations: create-if-absent, get, put, list by prefix, delete,
 /// and keys on a lease that is revoked.
 pub async fn kv_operations(store: &dyn KvStore) {
@@ -261,6 +426,8 @@ pub async fn kv_operations(store: &dyn KvStore) {
             .await
             .map(drop)
     ));
+
+    claim_and_release(store, &key).await;
 
     assert!(store.delete(&key("a")).await.unwrap());
     assert!(!store.delete(&key("a")).await.unwrap());

@@ -116,7 +116,7 @@ impl Setup {
 
     /// Like [`spawn`](Self::spawn), with stderr read by the test instead of shown.
     pub fn spawn_capturing_stderr(&self, args: &[&str]) -> Running {
-        Running::spawn_with(self.command(args), true)
+        Running::spawn_with_stderr(self.command(args), Stdio::piped())
     }
 
     /// `planewire serve ARGS`, once it printed its address and instance id.
@@ -124,6 +124,55 @@ impl Setup {
         let mut command = self.command(&["serve"]);
         command.args(args);
         Server::start(Running::spawn(command))
+    }
+
+    /// Like [`spawn`](Self::spawn), with the child's stderr (its log) written to `log`.
+    pub fn spawn_logging_to(&self, log: &std::path::Path, args: &[&str]) -> Running {
+        let file = std::fs::File::create(log).expect("create the child's log file");
+        Running::spawn_with_stderr(self.command(args), file.into())
+    }
+
+    /// Like [`serve`](Self::serve), with the child's stderr (its log) written to `log`.
+    pub fn serve_logging_to(&self, log: &std::path::Path, args: &[&str]) -> Server {
+        let mut full = vec!["serve"];
+        full.extend_from_slice(args);
+        Server::start(self.spawn_logging_to(log, &full))
+    }
+
+    /// Runs `planewire ARGS` to the end, as [`output`](Self::output) does, but kills the
+    /// child (by PID) and panics if it is still running after [`PATIENCE`]: for commands
+    /// that must fail, where a bug would make them run forever instead.
+    pub fn output_within_patience(&self, args: &[&str]) -> Output {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+        let file = |path: &std::path::Path| std::fs::File::create(path).expect("output file");
+        let mut child = self
+            .command(args)
+            .stdout(file(&out_path))
+            .stderr(file(&err_path))
+            .spawn()
+            .expect("spawn planewire");
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for the child") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "planewire {args:?} still running after {PATIENCE:?}; stdout: {}; stderr: {}",
+                    text(&std::fs::read(&out_path).unwrap_or_default()),
+                    text(&std::fs::read(&err_path).unwrap_or_default())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Output {
+            status,
+            stdout: std::fs::read(&out_path).expect("read stdout"),
+            stderr: std::fs::read(&err_path).expect("read stderr"),
+        }
     }
 
     /// Like [`serve`](Self::serve), in a process allowed `max_files` open descriptors.
@@ -191,15 +240,10 @@ fn line_channel(from: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Str
 
 impl Running {
     fn spawn(command: Command) -> Self {
-        Self::spawn_with(command, false)
+        Self::spawn_with_stderr(command, Stdio::inherit())
     }
 
-    fn spawn_with(mut command: Command, capture_stderr: bool) -> Self {
-        let stderr = if capture_stderr {
-            Stdio::piped()
-        } else {
-            Stdio::inherit()
-        };
+    fn spawn_with_stderr(mut command: Command, stderr: Stdio) -> Self {
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -47,6 +47,29 @@ pub enum DiscoveryError {
     LeaseExpired { lease: LeaseId },
     #[error("{key} is already registered by this process; drop its RegistrationHandle first")]
     AlreadyRegistered { key: String },
+    /// Another lease holds the key: a process writes a key only if it is absent or on
+    /// its own lease (see [`KvStore::claim`](super::KvStore::claim)).
+    #[error("{key} is already taken, {}; it is left as it is", held_by(*.holder))]
+    KeyHeld {
+        key: String,
+        /// The lease the key is on; `None` for a key written with no lease.
+        holder: Option<LeaseId>,
+    },
+    /// [`KeyHeld`](Self::KeyHeld) for an instance record: another process serves this
+    /// instance id.
+    #[error(
+        "instance {instance_id:x} of {endpoint} is already registered by another process ({}{}); stop that process or choose another instance id",
+        held_by(*.holder),
+        address.as_ref().map_or_else(String::new, |a| format!(", serving at {a}"))
+    )]
+    InstanceHeld {
+        /// `namespace/component/endpoint`.
+        endpoint: String,
+        instance_id: u64,
+        holder: Option<LeaseId>,
+        /// Where the holder's record says it serves, if the record is readable.
+        address: Option<String>,
+    },
     #[error("invalid key {key:?}: {reason}")]
     InvalidKey { key: String, reason: String },
     #[error("invalid instance record at {key}: {reason}")]
@@ -110,6 +133,13 @@ pub enum RouteError {
     },
     #[error(transparent)]
     Request(#[from] RequestError),
+}
+
+fn held_by(holder: Option<LeaseId>) -> String {
+    match holder {
+        Some(lease) => format!("held by lease {lease}"),
+        None => "written with no lease".to_owned(),
+    }
 }
 
 fn waited_for(waited: Option<Duration>) -> String {

@@ -86,6 +86,20 @@ pub trait KvStore: Send + Sync + 'static {
         lease: Option<LeaseId>,
     ) -> BoxFuture<'a, Result<bool, DiscoveryError>>;
 
+    /// Sets `key` on `lease` unless another lease holds it: writes if the key is absent
+    /// (for the file backend, also if its file is unreadable or names an expired lease)
+    /// or already on `lease`, atomically with that check. Returns whether it wrote:
+    /// `false` if the key already held exactly `value` on `lease`, so checking that a
+    /// registration is intact costs no write. A key on another lease, or written with
+    /// none, is [`DiscoveryError::KeyHeld`]; a `lease` that is gone is
+    /// [`DiscoveryError::LeaseExpired`].
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<bool, DiscoveryError>>;
+
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, DiscoveryError>>;
 
     /// Every key starting with `prefix`, sorted by key.
@@ -93,6 +107,15 @@ pub trait KvStore: Send + Sync + 'static {
 
     /// Removes `key`; returns whether it existed.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, DiscoveryError>>;
+
+    /// Removes `key` only if it is on `lease`, atomically with that check; returns
+    /// whether it did. A process deletes its registrations this way, so it never
+    /// deletes a key another process has since taken.
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<bool, DiscoveryError>>;
 
     /// Watches every key starting with `prefix`: a [`KvEvent::Snapshot`] first, then
     /// puts and deletes as they happen. The snapshot is taken before this returns, so

@@ -265,6 +265,28 @@ impl KvStore for MemoryStore {
         done(result)
     }
 
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
+        let mut state = lock(&self.inner.state);
+        let result =
+            Inner::check_lease(&state, Some(lease)).and_then(|()| match state.entries.get(key) {
+                Some(entry) if entry.lease != Some(lease) => Err(DiscoveryError::KeyHeld {
+                    key: key.to_owned(),
+                    holder: entry.lease,
+                }),
+                Some(entry) if entry.value == value => Ok(false),
+                _ => {
+                    self.inner.put(&mut state, key, value, Some(lease));
+                    Ok(true)
+                }
+            });
+        done(result)
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, DiscoveryError>> {
         let value = lock(&self.inner.state)
             .entries
@@ -280,6 +302,19 @@ impl KvStore for MemoryStore {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
         let mut state = lock(&self.inner.state);
         done(Ok(self.inner.delete(&mut state, key)))
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
+        let mut state = lock(&self.inner.state);
+        let ours = state
+            .entries
+            .get(key)
+            .is_some_and(|entry| entry.lease == Some(lease));
+        done(Ok(ours && self.inner.delete(&mut state, key)))
     }
 
     fn watch<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<KvWatch, DiscoveryError>> {

@@ -2,12 +2,15 @@
 //!
 //! Three layers, bottom up:
 //! - [`KvStore`]: what a backend provides — leases, put / create-if-absent / get / list /
-//!   delete, and prefix watches that resume after reconnects. Backends: [`MemoryStore`]
+//!   delete, claim and release (write only a key that is absent or on one's own lease,
+//!   delete only one on it), and prefix watches that resume after reconnects. Backends: [`MemoryStore`]
 //!   (one process), [`FileStore`] (one host, no server, the default) and `EtcdStore`
 //!   (cargo feature `etcd`).
 //! - [`Discovery`]: one lease per process, kept alive in the background; every
 //!   registration hangs on it, so a process that dies vanishes after the lease TTL. A
-//!   lost lease is noticed, re-granted and every registration written again.
+//!   lost lease is noticed, re-granted and every registration written again; a record
+//!   deleted or damaged under a live lease is rewritten at the next keep-alive. A key
+//!   another process holds is never overwritten nor deleted.
 //! - [`EndpointClient`]: routes requests for one endpoint to the instances discovery
 //!   reports, over the TCP request plane.
 //!
@@ -46,6 +49,7 @@ mod lease;
 mod memory;
 mod record;
 mod registry;
+mod repeats;
 
 pub use config::{
     DiscoveryBackend, DiscoveryConfig, ENV_DISCOVERY_BACKEND, ENV_DISCOVERY_LEASE_TTL, ENV_ETCD_CA,

@@ -85,8 +85,11 @@ impl Discovery {
     /// Publishes `path` as reachable over `transport` until the returned handle is
     /// dropped or deregistered, or [`shutdown`](Self::shutdown) is called.
     ///
-    /// If the backend is unreachable, the registration is kept and written by the
-    /// keep-alive task once it answers (logged as a warning); other failures are errors.
+    /// An instance id another live process has registered is
+    /// [`DiscoveryError::InstanceHeld`], naming that process's lease and address; its
+    /// record is left as it is. If the backend is unreachable, the registration is kept
+    /// and written by the keep-alive task once it answers (logged as a warning); other
+    /// failures are errors.
     pub async fn register(
         &self,
         path: &EndpointPath,
@@ -95,13 +98,44 @@ impl Discovery {
         let record = InstanceRecord::new(path, transport);
         let key = record.key()?;
         let value = record.to_json();
-        let key = self.register_key(key, value).await?;
-        Ok(RegistrationHandle { key, record })
+        match self.register_key(key, value).await {
+            Ok(key) => Ok(RegistrationHandle { key, record }),
+            Err(DiscoveryError::KeyHeld { key, holder }) => {
+                Err(self.instance_held(&record, &key, holder).await)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The error for `record`, whose key `holder` has: with the address the holder's
+    /// record names, if it can be read.
+    async fn instance_held(
+        &self,
+        record: &InstanceRecord,
+        key: &str,
+        holder: Option<LeaseId>,
+    ) -> DiscoveryError {
+        let address = match self.shared.store.get(key).await {
+            Ok(Some(value)) => InstanceRecord::from_key_value(key, &value)
+                .ok()
+                .map(|held| held.transport.address().to_owned()),
+            _ => None,
+        };
+        DiscoveryError::InstanceHeld {
+            endpoint: format!(
+                "{}/{}/{}",
+                record.namespace, record.component, record.endpoint
+            ),
+            instance_id: record.instance_id,
+            holder,
+            address,
+        }
     }
 
     /// Publishes `value` under `key` on this process's lease, with the same lifetime
     /// rules as [`register`](Self::register). Other planes keep their records in
-    /// discovery this way (the ZMQ event plane's publishers, for one).
+    /// discovery this way (the ZMQ event plane's publishers, for one). A key another
+    /// lease holds is [`DiscoveryError::KeyHeld`].
     pub async fn register_key(
         &self,
         key: String,
@@ -112,43 +146,59 @@ impl Discovery {
         if state.closed {
             return Err(DiscoveryError::Closed);
         }
-        {
-            let mut registrations = lock(&shared.registrations);
-            if registrations.contains_key(&key) {
-                return Err(DiscoveryError::AlreadyRegistered { key });
-            }
-            registrations.insert(key.clone(), value.clone());
+        if lock(&shared.registrations).contains_key(&key) {
+            return Err(DiscoveryError::AlreadyRegistered { key });
         }
         state.stale.remove(&key);
         self.start_keeper(&mut state);
-        let store = shared.store.as_ref();
-        let mut result = match state.lease {
-            Some(lease) if state.synced => store.put(&key, value, Some(lease)).await,
-            _ => lease::resync(store, shared.ttl, &mut state, &shared.registrations).await,
-        };
-        if let Err(DiscoveryError::LeaseExpired { .. }) = result {
-            // Lost before the keep-alive task noticed: write everything under a new lease.
-            state.lease = None;
-            result = lease::resync(store, shared.ttl, &mut state, &shared.registrations).await;
-        }
-        if result.is_err() {
-            state.synced = false;
-        }
-        match result {
+        match self.claim_new(&mut state, &key, value.clone()).await {
             Ok(()) => {}
             Err(err) if err.is_unavailable() => {
                 tracing::warn!(%key, %err, "discovery backend unreachable: the registration is kept and will be written once it answers");
             }
-            Err(err) => {
-                lock(&shared.registrations).remove(&key);
-                return Err(err);
-            }
+            Err(err) => return Err(err),
         }
+        lock(&shared.registrations).insert(key.clone(), value);
         Ok(KeyRegistration {
             shared: Arc::clone(shared),
             key,
             active: true,
         })
+    }
+
+    /// Writes a registration not yet in `registrations`: under the lease if everything
+    /// else is written, else after writing everything else (granting a lease if needed).
+    async fn claim_new(
+        &self,
+        state: &mut LeaseState,
+        key: &str,
+        value: Bytes,
+    ) -> Result<(), DiscoveryError> {
+        let shared = &self.shared;
+        let store = shared.store.as_ref();
+        let lease = match (state.lease, state.synced) {
+            (Some(lease), true) => Ok(lease),
+            _ => lease::resync(store, shared.ttl, state, &shared.registrations).await,
+        };
+        let mut result = match lease {
+            Ok(lease) => store.claim(key, value.clone(), lease).await.map(drop),
+            Err(err) => Err(err),
+        };
+        if let Err(DiscoveryError::LeaseExpired { .. }) = result {
+            // Lost before the keep-alive task noticed: write everything under a new lease.
+            state.lease = None;
+            result = match lease::resync(store, shared.ttl, state, &shared.registrations).await {
+                Ok(lease) => store.claim(key, value, lease).await.map(drop),
+                Err(err) => Err(err),
+            };
+        }
+        if result
+            .as_ref()
+            .is_err_and(|err| !matches!(err, DiscoveryError::KeyHeld { .. }))
+        {
+            state.synced = false;
+        }
+        result
     }
 
     fn start_keeper(&self, state: &mut LeaseState) {
@@ -245,13 +295,20 @@ impl Shared {
         .await;
     }
 
+    /// Deletes `key` if it is still on this process's lease: one another process has
+    /// taken since (after this lease was lost) stays.
     async fn deregister(&self, key: &str) -> Result<(), DiscoveryError> {
         lock(&self.registrations).remove(key);
         let mut state = self.state.lock().await;
+        state.held.forget(|(held, _)| held == key);
         if state.closed {
             return Ok(());
         }
-        match self.store.delete(key).await {
+        // No lease yet, or one lost with its keys: nothing of ours to delete.
+        let Some(lease) = state.lease else {
+            return Ok(());
+        };
+        match self.store.release(key, lease).await {
             Ok(_) => Ok(()),
             Err(err) if err.is_unavailable() => {
                 // The lease may outlive the outage: delete the key once the store answers.

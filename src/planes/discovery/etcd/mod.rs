@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    TlsOptions, Txn, TxnOp,
+    TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -323,6 +323,22 @@ impl KvStore for EtcdStore {
         .boxed()
     }
 
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
+        let mut client = self.client.clone();
+        async move {
+            let answer = self
+                .call_on_lease(Some(lease), client.txn(claim_txn(key, &value, lease)))
+                .await?;
+            claim_outcome(key, &answer)
+        }
+        .boxed()
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, DiscoveryError>> {
         let mut client = self.client.clone();
         async move {
@@ -348,6 +364,21 @@ impl KvStore for EtcdStore {
         .boxed()
     }
 
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
+        let mut client = self.client.clone();
+        async move {
+            let txn = Txn::new()
+                .when([Compare::lease(key, CompareOp::Equal, lease.0)])
+                .and_then([TxnOp::delete(key, None)]);
+            Ok(self.call(client.txn(txn)).await?.succeeded())
+        }
+        .boxed()
+    }
+
     fn watch<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<KvWatch, DiscoveryError>> {
         async move {
             let (snapshot, revision) = self.snapshot(prefix).await?;
@@ -359,6 +390,59 @@ impl KvStore for EtcdStore {
             ))
         }
         .boxed()
+    }
+}
+
+/// [`KvStore::claim`] as one transaction, so nothing can take the key between the checks
+/// and the write: nothing to do if the key holds `value` on `lease`; else put if it is
+/// absent (etcd deletes the keys of an expired lease itself); else put if it is on
+/// `lease`; else read it, to name its holder. (A compare on a missing key sees lease 0
+/// and no value.)
+fn claim_txn(key: &str, value: &[u8], lease: LeaseId) -> Txn {
+    let put = || TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease.0)));
+    let on_our_lease = Txn::new()
+        .when([Compare::lease(key, CompareOp::Equal, lease.0)])
+        .and_then([put()])
+        .or_else([TxnOp::get(key, None)]);
+    let absent = Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+        .and_then([put()])
+        .or_else([TxnOp::txn(on_our_lease)]);
+    Txn::new()
+        .when([
+            Compare::lease(key, CompareOp::Equal, lease.0),
+            Compare::value(key, CompareOp::Equal, value),
+        ])
+        .or_else([TxnOp::txn(absent)])
+}
+
+/// Whether [`claim_txn`] wrote, or who holds the key.
+fn claim_outcome(key: &str, answer: &etcd_client::TxnResponse) -> Result<bool, DiscoveryError> {
+    if answer.succeeded() {
+        return Ok(false);
+    }
+    let mut responses = answer.op_responses();
+    loop {
+        match responses.into_iter().next() {
+            Some(TxnOpResponse::Txn(inner)) if inner.succeeded() => return Ok(true),
+            Some(TxnOpResponse::Txn(inner)) => responses = inner.op_responses(),
+            Some(TxnOpResponse::Get(get)) => {
+                let holder = get.kvs().first().map_or(0, |kv| kv.lease());
+                return Err(DiscoveryError::KeyHeld {
+                    key: key.to_owned(),
+                    holder: (holder != 0).then_some(LeaseId(holder)),
+                });
+            }
+            _ => return Err(unexpected_claim_answer()),
+        }
+    }
+}
+
+fn unexpected_claim_answer() -> DiscoveryError {
+    DiscoveryError::Backend {
+        backend: "etcd",
+        operation: "claim",
+        source: "the transaction's answer does not have the shape it was sent".into(),
     }
 }
 

@@ -6,20 +6,23 @@
 //! live lease. Readers take no lock: files are replaced by rename, so a reader sees
 //! the old or the new file, never half of one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::layout::{
-    key_to_name, lease_contents, lease_name, name_to_key, parse_lease, parse_record, record_header,
-    unix_millis,
-};
+use super::entry::{self, Complaints, Contents, Problem};
+use super::layout::{key_to_name, name_to_key, parse_record, record_header, unix_millis};
 use crate::planes::discovery::{DiscoveryError, ENV_FILE_KV, KeyValue, LeaseId};
+
+mod leases;
+
+use self::leases::OwnLease;
 
 /// Temp files older than this were left by a process killed mid-write.
 const ABANDONED_TEMP_AGE: Duration = Duration::from_secs(60);
@@ -29,13 +32,22 @@ pub(super) struct Dir {
     keys: PathBuf,
     leases: PathBuf,
     temp_counter: AtomicU64,
+    /// The leases this process granted, with their TTL and the expiry last written, so
+    /// keep-alive can rewrite a lease file someone damaged (see [`keep_alive`](Self::keep_alive)).
+    own_leases: Mutex<HashMap<LeaseId, OwnLease>>,
+    complaints: Complaints,
 }
 
 /// What a record file holds.
 enum Stored {
     Missing,
-    /// Not a record file: removed by the next clean-up.
-    Corrupt,
+    /// Not a record: counts as absent, and anyone may write the key. `removable` if its
+    /// contents were read (so it is a file the next clean-up removes); an entry that
+    /// cannot even be read (a directory, no permission) is left alone.
+    Corrupt {
+        problem: Problem,
+        removable: bool,
+    },
     Record {
         lease: Option<LeaseId>,
         value: Bytes,
@@ -57,6 +69,10 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Discov
     }
 }
 
+fn now_ms() -> u64 {
+    unix_millis(SystemTime::now())
+}
+
 impl Dir {
     pub(super) fn open(root: &Path) -> Result<Self, DiscoveryError> {
         let dir = Self {
@@ -64,6 +80,8 @@ impl Dir {
             keys: root.join("keys"),
             leases: root.join("leases"),
             temp_counter: AtomicU64::new(0),
+            own_leases: Mutex::default(),
+            complaints: Complaints::default(),
         };
         for path in [&dir.keys, &dir.leases] {
             fs::create_dir_all(path).map_err(io_err("create directory", path))?;
@@ -105,128 +123,93 @@ impl Dir {
         write().map_err(|err| {
             let _ = fs::remove_file(&temp);
             io_err("write", &dir.join(name))(err)
-        })
+        })?;
+        self.complaints.resolved(&dir.join(name));
+        Ok(())
     }
 
-    /// The lease's TTL and expiry; `None` if its file is missing or malformed (any bytes
-    /// at all, UTF-8 or not): a lease nobody can read is as good as expired, and one bad
-    /// file must not fail the scans and keep-alives of every other lease.
-    fn read_lease(&self, lease: LeaseId) -> Result<Option<(Duration, u64)>, DiscoveryError> {
-        let path = self.leases.join(lease_name(lease));
-        match fs::read(&path) {
-            Ok(bytes) => Ok(std::str::from_utf8(&bytes).ok().and_then(parse_lease)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("read", &path)(e)),
+    /// Whether a record on `lease` is alive; `leases` caches the answer across one scan.
+    fn record_alive(
+        &self,
+        lease: Option<LeaseId>,
+        leases: &mut HashMap<LeaseId, bool>,
+    ) -> Result<bool, DiscoveryError> {
+        let Some(lease) = lease else { return Ok(true) };
+        if let Some(alive) = leases.get(&lease) {
+            return Ok(*alive);
         }
-    }
-
-    fn lease_alive(&self, lease: LeaseId, now_ms: u64) -> Result<bool, DiscoveryError> {
-        Ok(self
-            .read_lease(lease)?
-            .is_some_and(|(_, expires)| expires >= now_ms))
+        let alive = self.lease_alive(lease, now_ms())?;
+        leases.insert(lease, alive);
+        Ok(alive)
     }
 
     fn read_stored(&self, name: &str) -> Result<Stored, DiscoveryError> {
         let path = self.keys.join(name);
-        match fs::read(&path) {
-            Ok(contents) => Ok(match parse_record(Bytes::from(contents)) {
-                Some((lease, value)) => Stored::Record { lease, value },
-                None => Stored::Corrupt,
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Stored::Missing),
-            Err(e) => Err(io_err("read", &path)(e)),
-        }
+        Ok(match entry::read(&path).map_err(io_err("read", &path))? {
+            Contents::Missing => Stored::Missing,
+            Contents::Bytes(bytes) => {
+                let problem = Problem::not_a_record(&bytes);
+                match parse_record(Bytes::from(bytes)) {
+                    Some((lease, value)) => Stored::Record { lease, value },
+                    None => Stored::Corrupt {
+                        problem,
+                        removable: true,
+                    },
+                }
+            }
+            Contents::Unreadable(problem) => Stored::Corrupt {
+                problem,
+                removable: false,
+            },
+        })
     }
 
     fn remove(&self, path: &Path) -> Result<bool, DiscoveryError> {
         match fs::remove_file(path) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.complaints.resolved(path);
+                Ok(true)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(io_err("remove", path)(e)),
         }
     }
 
-    /// Removes `lease`'s file and every record on it. Call under the lock.
-    fn end_lease(&self, lease: LeaseId) -> Result<(), DiscoveryError> {
+    /// Removes another process's dead entry; failing to is logged, never an error, so
+    /// one stuck entry cannot fail the scan or the grant that found it.
+    fn clean_up(&self, path: &Path) {
+        if let Err(DiscoveryError::Io { source, .. }) = self.remove(path) {
+            self.complaints.about(path, &Problem::not_removed(&source));
+        }
+    }
+
+    /// The record files on any of `leases`.
+    fn records_on(&self, leases: &BTreeSet<LeaseId>) -> Result<Vec<PathBuf>, DiscoveryError> {
+        let mut paths = Vec::new();
         for name in self.record_names()? {
             if let Stored::Record { lease: Some(l), .. } = self.read_stored(&name)? {
-                if l == lease {
-                    self.remove(&self.keys.join(&name))?;
+                if leases.contains(&l) {
+                    paths.push(self.keys.join(&name));
                 }
             }
         }
-        self.remove(&self.leases.join(lease_name(lease)))?;
-        Ok(())
+        Ok(paths)
     }
 
+    /// The names in `keys/`, but for temp files. A name that is not UTF-8 cannot be a
+    /// key's: it is logged and left out.
     fn record_names(&self) -> Result<Vec<String>, DiscoveryError> {
         let entries = fs::read_dir(&self.keys).map_err(io_err("list", &self.keys))?;
         let mut names = Vec::new();
         for entry in entries {
             let entry = entry.map_err(io_err("list", &self.keys))?;
-            if let Ok(name) = entry.file_name().into_string() {
-                if !name.starts_with('.') {
-                    names.push(name);
-                }
+            match entry.file_name().into_string() {
+                Ok(name) if name.starts_with('.') => {}
+                Ok(name) => names.push(name),
+                Err(_) => self.complaints.about(&entry.path(), &Problem::NotAKeyName),
             }
         }
         Ok(names)
-    }
-
-    pub(super) fn grant(&self, ttl: Duration) -> Result<LeaseId, DiscoveryError> {
-        let _lock = self.lock()?;
-        self.remove_dead_leases()?;
-        let lease = loop {
-            let candidate = LeaseId(fastrand::i64(1..i64::MAX));
-            if self.read_lease(candidate)?.is_none() {
-                break candidate;
-            }
-        };
-        let contents = lease_contents(ttl, SystemTime::now());
-        self.write_atomic(&self.leases, &lease_name(lease), &[contents.as_bytes()])?;
-        Ok(lease)
-    }
-
-    /// Lease files whose owners stopped: their records are already treated as gone.
-    fn remove_dead_leases(&self) -> Result<(), DiscoveryError> {
-        let now = unix_millis(SystemTime::now());
-        let entries = fs::read_dir(&self.leases).map_err(io_err("list", &self.leases))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(lease) = name
-                .to_str()
-                .and_then(|n| u64::from_str_radix(n, 16).ok())
-                .map(|id| LeaseId(id as i64))
-            else {
-                continue;
-            };
-            if !self.lease_alive(lease, now)? {
-                self.end_lease(lease)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Extends the lease, or reports it gone if its expiry passed: other processes
-    /// already treat its records as deleted, so they are removed rather than revived.
-    pub(super) fn keep_alive(&self, lease: LeaseId) -> Result<(), DiscoveryError> {
-        let _lock = self.lock()?;
-        let now = SystemTime::now();
-        match self.read_lease(lease)? {
-            Some((ttl, expires)) if expires >= unix_millis(now) => {
-                let contents = lease_contents(ttl, now);
-                self.write_atomic(&self.leases, &lease_name(lease), &[contents.as_bytes()])
-            }
-            _ => {
-                self.end_lease(lease)?;
-                Err(DiscoveryError::LeaseExpired { lease })
-            }
-        }
-    }
-
-    pub(super) fn revoke(&self, lease: LeaseId) -> Result<(), DiscoveryError> {
-        let _lock = self.lock()?;
-        self.end_lease(lease)
     }
 
     fn name(key: &str) -> Result<String, DiscoveryError> {
@@ -243,7 +226,7 @@ impl Dir {
         lease: Option<LeaseId>,
     ) -> Result<(), DiscoveryError> {
         if let Some(lease) = lease {
-            if !self.lease_alive(lease, unix_millis(SystemTime::now()))? {
+            if !self.lease_alive(lease, now_ms())? {
                 return Err(DiscoveryError::LeaseExpired { lease });
             }
         }
@@ -277,6 +260,43 @@ impl Dir {
         Ok(true)
     }
 
+    /// See [`KvStore::claim`](crate::planes::discovery::KvStore::claim): under the lock,
+    /// a record that is missing, not a record, or on an expired lease is absent.
+    pub(super) fn claim(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: LeaseId,
+    ) -> Result<bool, DiscoveryError> {
+        let name = Self::name(key)?;
+        let _lock = self.lock()?;
+        let now = now_ms();
+        if !self.lease_alive(lease, now)? {
+            return Err(DiscoveryError::LeaseExpired { lease });
+        }
+        let held = |holder| DiscoveryError::KeyHeld {
+            key: key.to_owned(),
+            holder,
+        };
+        match self.read_stored(&name)? {
+            Stored::Record {
+                lease: Some(l),
+                value: stored,
+            } if l == lease => {
+                if stored == value {
+                    return Ok(false);
+                }
+            }
+            Stored::Record { lease: None, .. } => return Err(held(None)),
+            Stored::Record {
+                lease: Some(other), ..
+            } if self.lease_alive(other, now)? => return Err(held(Some(other))),
+            Stored::Record { .. } | Stored::Missing | Stored::Corrupt { .. } => {}
+        }
+        self.write_record(&name, value, Some(lease))?;
+        Ok(true)
+    }
+
     pub(super) fn get(&self, key: &str) -> Result<Option<Bytes>, DiscoveryError> {
         self.live_value(&Self::name(key)?, &mut HashMap::new())
     }
@@ -289,8 +309,19 @@ impl Dir {
         Ok(existed)
     }
 
-    /// The value of record `name` if it exists and its lease (if any) is alive.
-    /// `leases` caches liveness across calls of one scan.
+    pub(super) fn release(&self, key: &str, lease: LeaseId) -> Result<bool, DiscoveryError> {
+        let name = Self::name(key)?;
+        let _lock = self.lock()?;
+        match self.read_stored(&name)? {
+            Stored::Record { lease: Some(l), .. } if l == lease => {
+                self.remove(&self.keys.join(&name))
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The value of record `name` if it exists and its lease (if any) is alive; a file
+    /// that is not a record is logged. `leases` caches liveness across one scan.
     fn live_value(
         &self,
         name: &str,
@@ -298,40 +329,48 @@ impl Dir {
     ) -> Result<Option<Bytes>, DiscoveryError> {
         match self.read_stored(name)? {
             Stored::Record { lease, value } => {
-                let alive = match lease {
-                    None => true,
-                    Some(lease) => match leases.get(&lease) {
-                        Some(alive) => *alive,
-                        None => {
-                            let alive = self.lease_alive(lease, unix_millis(SystemTime::now()))?;
-                            leases.insert(lease, alive);
-                            alive
-                        }
-                    },
-                };
-                Ok(alive.then_some(value))
+                Ok(self.record_alive(lease, leases)?.then_some(value))
             }
-            Stored::Missing | Stored::Corrupt => Ok(None),
+            Stored::Corrupt { problem, .. } => {
+                self.complaints.about(&self.keys.join(name), &problem);
+                Ok(None)
+            }
+            Stored::Missing => Ok(None),
         }
     }
 
     /// The live records under `prefix`, sorted by key. Records found dead (expired
     /// lease, or not a record file) are removed afterwards under the lock, after
-    /// checking again that they are still dead.
+    /// checking again that they are still dead. Entries that are not records are
+    /// logged and skipped: they never fail the scan.
     pub(super) fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, DiscoveryError> {
         let mut leases = HashMap::new();
         let mut live = Vec::new();
         let mut dead = Vec::new();
         for name in self.record_names()? {
             let Some(key) = name_to_key(&name) else {
+                self.complaints
+                    .about(&self.keys.join(&name), &Problem::NotAKeyName);
                 continue;
             };
             if !key.starts_with(prefix) {
                 continue;
             }
-            match self.live_value(&name, &mut leases)? {
-                Some(value) => live.push(KeyValue { key, value }),
-                None => dead.push(name),
+            match self.read_stored(&name)? {
+                Stored::Record { lease, value } => {
+                    if self.record_alive(lease, &mut leases)? {
+                        live.push(KeyValue { key, value });
+                    } else {
+                        dead.push(name);
+                    }
+                }
+                Stored::Corrupt { problem, removable } => {
+                    self.complaints.about(&self.keys.join(&name), &problem);
+                    if removable {
+                        dead.push(name);
+                    }
+                }
+                Stored::Missing => {}
             }
         }
         if !dead.is_empty() {
@@ -345,16 +384,16 @@ impl Dir {
         let _lock = self.lock()?;
         let mut leases = HashMap::new();
         for name in names {
-            let stored = self.read_stored(name)?;
-            if matches!(stored, Stored::Missing) || self.live_value(name, &mut leases)?.is_some() {
-                continue;
+            let path = self.keys.join(name);
+            let still_dead = match self.read_stored(name)? {
+                Stored::Record { lease, .. } => !self.record_alive(lease, &mut leases)?,
+                Stored::Corrupt { removable, .. } => removable,
+                Stored::Missing => false,
+            };
+            if still_dead {
+                tracing::debug!(file = %path.display(), "removing a dead record");
+                self.clean_up(&path);
             }
-            if matches!(stored, Stored::Corrupt) {
-                tracing::warn!(file = %self.keys.join(name).display(), "removing a file that is not a record");
-            } else {
-                tracing::debug!(file = %self.keys.join(name).display(), "removing an expired record");
-            }
-            self.remove(&self.keys.join(name))?;
         }
         Ok(())
     }

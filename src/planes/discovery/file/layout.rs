@@ -54,6 +54,16 @@ pub(super) fn lease_name(lease: LeaseId) -> String {
     format!("{:016x}", lease.0)
 }
 
+/// The lease a file name in `leases/` stands for; `None` for names [`lease_name`]
+/// never makes.
+pub(super) fn parse_lease_name(name: &str) -> Option<LeaseId> {
+    let valid = name.len() == 16 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    valid
+        .then(|| u64::from_str_radix(name, 16).ok())
+        .flatten()
+        .map(|id| LeaseId(id as i64))
+}
+
 /// A record file: the lease id (16 hex digits, or `-` for none), a newline, the value.
 pub(super) fn record_header(lease: Option<LeaseId>) -> String {
     match lease {
@@ -135,6 +145,17 @@ mod tests {
             Some((Duration::from_millis(2500), 102_500))
         );
         assert_eq!(parse_lease("garbage"), None);
+        assert_eq!(parse_lease_name(&lease_name(lease)), Some(lease));
+        let negative = LeaseId(-2);
+        assert_eq!(parse_lease_name(&lease_name(negative)), Some(negative));
+        for name in [
+            "ab",
+            "00000000000000AB",
+            "000000000000000g",
+            "00000000000000abc",
+        ] {
+            assert_eq!(parse_lease_name(name), None, "{name}");
+        }
     }
 
     proptest! {

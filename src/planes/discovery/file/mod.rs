@@ -17,8 +17,17 @@
 //! whose lease expired (its owner stopped refreshing it for longer than the TTL) is
 //! treated as gone by every reader at once, and removed by the next one that looks.
 //! Watches poll every [`FILE_POLL_INTERVAL`].
+//!
+//! Anything else in the directory is one bad entry, never a failed operation: a file
+//! that is not a record, or not a lease file (garbage, empty, truncated, not UTF-8), a
+//! name no key or lease has, a directory or FIFO, a file that cannot be read. It is
+//! skipped and logged at its 1st, 2nd, 4th, 8th… sighting; a record that is not one
+//! counts as absent (any process may write the key) and is removed, and a lease file
+//! that is not one counts as expired, its records with it — except to its owner, which
+//! rewrites it at its next keep-alive and keeps the lease.
 
 mod dir;
+mod entry;
 mod layout;
 mod watch;
 
@@ -118,6 +127,16 @@ impl KvStore for FileStore {
         self.run(move |dir| dir.create(&key, &value, lease))
     }
 
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
+        let key = key.to_owned();
+        self.run(move |dir| dir.claim(&key, &value, lease))
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, DiscoveryError>> {
         let key = key.to_owned();
         self.run(move |dir| dir.get(&key))
@@ -131,6 +150,15 @@ impl KvStore for FileStore {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
         let key = key.to_owned();
         self.run(move |dir| dir.delete(&key))
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        lease: LeaseId,
+    ) -> BoxFuture<'a, Result<bool, DiscoveryError>> {
+        let key = key.to_owned();
+        self.run(move |dir| dir.release(&key, lease))
     }
 
     fn watch<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<KvWatch, DiscoveryError>> {
