@@ -116,9 +116,14 @@ mod tests {
     }
 
     #[test]
+    fn the_server_side_has_an_endpoint_for_every_response_count() {
+        assert_eq!(response_counts(), [1, 16]);
+    }
+
+    #[test]
     fn only_the_largest_cell_tracks_rss() {
         let cells = plan(32 * MIB - 42);
-        assert_eq!(cells.len(), 8);
+        assert_eq!(cells.len(), 10);
         let tracked: Vec<_> = cells.iter().filter(|c| c.track_rss).collect();
         assert_eq!(tracked.len(), 1);
         assert_eq!(tracked[0].payload, 32 * MIB - 42);
