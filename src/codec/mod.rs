@@ -15,7 +15,7 @@ mod error;
 mod frame;
 mod header;
 
-pub use decoder::{FrameDecoder, INITIAL_READ_CAPACITY};
+pub use decoder::{FrameDecoder, INITIAL_READ_CAPACITY, MEDIUM_BUFFER, RETIRED_BYTES};
 pub use encoder::{FLATTEN_BELOW, WriteQueue, encode_frame};
 pub use error::CodecError;
 pub use frame::{

@@ -786,3 +786,98 @@ fn protocol_md_header_examples_match_the_encoder() {
         assert_eq!(&encode(&frame)[..], &documented[..], "{label}");
     }
 }
+
+/// Feeds `wire` to `dec` as reads from a socket would: into the room the buffer has (at
+/// most 64 KiB at a time), decoding after each read.
+fn read_like_a_socket(dec: &mut FrameDecoder, buf: &mut BytesMut, wire: &[u8]) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let mut rest = wire;
+    loop {
+        while let Some(frame) = dec.decode_frame(buf).unwrap() {
+            frames.push(frame);
+        }
+        if rest.is_empty() {
+            return frames;
+        }
+        dec.reserve_for_read(buf, 4096);
+        let n = (buf.capacity() - buf.len()).min(rest.len()).min(64 * 1024);
+        buf.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+    }
+}
+
+fn medium_data(stream_id: u64, fill: u8) -> BytesMut {
+    encode(&Frame::Data {
+        stream_id,
+        payload: Bytes::from(vec![fill; 64 * 1024]),
+    })
+}
+
+#[test]
+fn medium_frames_reuse_a_retired_buffer_once_its_frames_are_dropped() {
+    let mut dec = decoder().with_spare();
+    let mut buf = dec.new_buffer();
+    // Frames go to a medium buffer, one after another, each dropped at once as a caller
+    // consumes it; the first frame of each buffer sits at its start.
+    let mut starts = Vec::new();
+    let mut in_buffer = 0;
+    for i in 0..64u64 {
+        let before = dec.spare();
+        let frames = read_like_a_socket(&mut dec, &mut buf, &medium_data(i, i as u8));
+        let [frame] = frames.as_slice() else {
+            panic!("one frame, got {}", frames.len());
+        };
+        assert!(frame.payload().iter().all(|&b| b == i as u8));
+        if dec.spare() != before {
+            starts.push(frame.payload().as_ptr() as usize);
+            in_buffer = 0;
+        }
+        in_buffer += 1;
+        assert!(
+            in_buffer <= MEDIUM_BUFFER / (64 * 1024),
+            "frames share a buffer"
+        );
+    }
+    assert!(starts.len() > 10, "{} buffer switches", starts.len());
+    let distinct: std::collections::HashSet<_> = starts.iter().collect();
+    assert!(
+        distinct.len() <= 2,
+        "every switch after the first reuses a retired buffer: {} places",
+        distinct.len()
+    );
+    assert!(dec.spare_capacity() <= RETIRED_BYTES);
+    dec.release_spare();
+    assert_eq!((dec.spare(), dec.spare_capacity()), (None, 0));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Whatever frames a caller keeps and for how long, a reused buffer never overwrites
+    /// a frame still alive, and the retired buffers stay within their bound.
+    #[test]
+    fn frames_split_off_a_retired_buffer_are_never_overwritten(
+        keep in proptest::collection::vec(0usize..6, 40..80),
+        sizes in proptest::collection::vec(16usize * 1024..300 * 1024, 80),
+    ) {
+        let mut dec = decoder().with_spare();
+        let mut buf = dec.new_buffer();
+        let mut alive: Vec<(u8, usize, Frame, usize)> = Vec::new();
+        for (i, (&hold, &size)) in keep.iter().zip(&sizes).enumerate() {
+            let fill = i as u8;
+            let wire = encode(&Frame::Data {
+                stream_id: i as u64 + 1,
+                payload: Bytes::from(vec![fill; size]),
+            });
+            for frame in read_like_a_socket(&mut dec, &mut buf, &wire) {
+                alive.push((fill, size, frame, i + hold));
+            }
+            alive.retain(|(_, _, _, until)| *until > i);
+            for (fill, size, frame, _) in &alive {
+                prop_assert_eq!(frame.payload().len(), *size);
+                prop_assert!(frame.payload().iter().all(|b| b == fill));
+            }
+            prop_assert!(dec.spare_capacity() <= RETIRED_BYTES + MAX);
+        }
+    }
+}
