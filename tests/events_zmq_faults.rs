@@ -314,6 +314,22 @@ async fn a_publisher_closes_peers_that_break_zmtp_and_serves_the_rest() {
     bytes.extend(subject.as_bytes());
     bytes.extend([0x80, 0]);
     closed_after(address, &bytes).await;
+    // A ZMTP 2 greeting, and a mechanism other than NULL.
+    let mut old_version = zmtp_hello(b"SUB");
+    old_version[10] = 2;
+    closed_after(address, &old_version[..64]).await;
+    let mut curve = zmtp_hello(b"SUB");
+    curve[12..17].copy_from_slice(b"CURVE");
+    closed_after(address, &curve[..64]).await;
+    // A command frame with MORE, and a command inside a multi-frame message.
+    let mut bytes = zmtp_hello(b"SUB");
+    bytes.extend([0x05, 5, 4]);
+    bytes.extend(b"PING");
+    closed_after(address, &bytes).await;
+    let mut bytes = zmtp_hello(b"SUB");
+    bytes.extend([0x01, 1, b'x', 0x04, 5, 4]);
+    bytes.extend(b"PING");
+    closed_after(address, &bytes).await;
     // More than 1,024 subscriptions.
     let mut bytes = zmtp_hello(b"SUB");
     for i in 0..1025 {

@@ -53,6 +53,8 @@ pub struct FrameDecoder {
     /// Read buffers left behind by medium frames, each with its allocation's size, for
     /// reuse once nothing split off them is alive; at most [`RETIRED_BYTES`] in all.
     retired: Vec<(BytesMut, usize)>,
+    /// The sizes in `retired`, summed: read on every frame (for the held-bytes report).
+    retired_bytes: usize,
     /// About the size of the read buffer's allocation (its `capacity()` shrinks as frames
     /// are split off), for the retired buffers' bound.
     buffer_size: usize,
@@ -89,6 +91,7 @@ impl FrameDecoder {
             spare: None,
             spares_kept: 0,
             retired: Vec::new(),
+            retired_bytes: 0,
             buffer_size: INITIAL_READ_CAPACITY,
         }
     }
@@ -112,13 +115,13 @@ impl FrameDecoder {
     pub fn release_spare(&mut self) {
         self.spare = None;
         self.retired.clear();
+        self.retired_bytes = 0;
     }
 
     /// Memory this decoder holds beyond the read buffer: the spare's size and the
     /// retired buffers'.
     pub fn spare_capacity(&self) -> usize {
-        let retired: usize = self.retired.iter().map(|(_, size)| size).sum();
-        self.spare.as_ref().map_or(0, |spare| spare.capacity) + retired
+        self.spare.as_ref().map_or(0, |spare| spare.capacity) + self.retired_bytes
     }
 
     /// A fresh read buffer of [`INITIAL_READ_CAPACITY`].
@@ -209,7 +212,11 @@ impl FrameDecoder {
             .iter_mut()
             .position(|(buffer, _)| buffer.try_reclaim(size));
         let mut next = match reusable {
-            Some(at) => self.retired.swap_remove(at).0,
+            Some(at) => {
+                let (buffer, size) = self.retired.swap_remove(at);
+                self.retired_bytes -= size;
+                buffer
+            }
             None => BytesMut::with_capacity(size),
         };
         let next_size = next.capacity();
@@ -217,8 +224,8 @@ impl FrameDecoder {
         let mut old = std::mem::replace(src, next);
         let old_size = std::mem::replace(&mut self.buffer_size, next_size);
         old.clear();
-        let held: usize = self.retired.iter().map(|(_, size)| size).sum();
-        if held + old_size <= RETIRED_BYTES {
+        if self.retired_bytes + old_size <= RETIRED_BYTES {
+            self.retired_bytes += old_size;
             self.retired.push((old, old_size));
             self.spares_kept += 1;
         }

@@ -60,7 +60,8 @@ impl Event {
         out.freeze()
     }
 
-    fn put_header(&self, out: &mut BytesMut) {
+    /// Appends the header and topic (what [`encode_header`](Self::encode_header) returns).
+    pub(crate) fn put_header(&self, out: &mut BytesMut) {
         let nanos = self
             .published_at
             .duration_since(UNIX_EPOCH)

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::zmtp::{self, Command, Incoming, Reader, SocketType, ZmtpError};
-use crate::planes::events::Event;
+use crate::planes::events::{ENVELOPE_HEADER_LEN, Event};
 use crate::sync::lock;
 
 /// Events queued for one subscriber before the oldest are dropped.
@@ -62,12 +62,13 @@ struct Wire {
 
 impl Wire {
     fn encode(subject: &[u8], event: &Event) -> Self {
-        let envelope = event.encode_header();
-        let mut head = BytesMut::with_capacity(3 * 9 + subject.len() + envelope.len());
+        let envelope_len = ENVELOPE_HEADER_LEN + event.topic.len();
+        let mut head = BytesMut::with_capacity(3 * 9 + subject.len() + envelope_len);
         zmtp::put_frame_header(&mut head, subject.len(), true);
         head.put_slice(subject);
-        zmtp::put_frame_header(&mut head, envelope.len(), true);
-        head.put_slice(&envelope);
+        zmtp::put_frame_header(&mut head, envelope_len, true);
+        // Written in place: one allocation per event, shared by every subscriber.
+        event.put_header(&mut head);
         zmtp::put_frame_header(&mut head, event.payload.len(), false);
         Self {
             head: head.freeze(),
@@ -80,9 +81,12 @@ impl Wire {
     }
 }
 
+/// The connected subscribers (past their handshake) of one PUB socket.
+type PeerList = Arc<Mutex<Vec<Arc<Outbox>>>>;
+
 /// A bound PUB socket. Dropping it closes the listener and every subscriber connection.
 pub(super) struct PubSocket {
-    peers: Arc<Mutex<Vec<Arc<Outbox>>>>,
+    peers: PeerList,
     _stop: DropGuard,
 }
 
@@ -113,11 +117,7 @@ impl PubSocket {
     }
 }
 
-async fn accept(
-    listener: TcpListener,
-    peers: Arc<Mutex<Vec<Arc<Outbox>>>>,
-    stop: CancellationToken,
-) {
+async fn accept(listener: TcpListener, peers: PeerList, stop: CancellationToken) {
     let permits = Arc::new(Semaphore::new(MAX_PEERS));
     let mut refused = 0u64;
     loop {
@@ -154,7 +154,7 @@ async fn accept(
 async fn serve_peer(
     stream: TcpStream,
     peer: SocketAddr,
-    peers: Arc<Mutex<Vec<Arc<Outbox>>>>,
+    peers: PeerList,
     stop: CancellationToken,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -262,9 +262,9 @@ impl Outbox {
         };
         self.ready.notify_one();
         let (total, before) = dropped;
-        // Logged when the count passes a power of two: a peer stalled for good would
-        // otherwise log at the publish rate.
-        if total != before && (before + 1..=total).any(u64::is_power_of_two) {
+        // Logged when the count passes a power of two (its log2 moves on): a peer
+        // stalled for good would otherwise log at the publish rate.
+        if total.checked_ilog2() != before.checked_ilog2() {
             tracing::warn!(
                 peer = %self.peer,
                 dropped_total = total,
