@@ -53,6 +53,51 @@ pub(crate) fn plan(largest_payload: usize) -> Vec<Cell> {
     cells
 }
 
+/// `--cell PAYLOAD:CONCURRENCY:RESPONSES` (sizes as `64`, `1K`, `64K`, `1M`): one cell
+/// of the plan, to measure it alone.
+pub(crate) fn parse_cell(text: &str) -> Result<Cell, String> {
+    const USAGE: &str = "expected PAYLOAD:CONCURRENCY:RESPONSES, such as 64:1:1 or 64K:64:1";
+    let mut parts = text.split(':');
+    let (Some(payload), Some(concurrency), Some(responses), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(USAGE.to_owned());
+    };
+    let (digits, unit) = match payload.as_bytes().last() {
+        Some(b'K' | b'k') => (&payload[..payload.len() - 1], KIB),
+        Some(b'M' | b'm') => (&payload[..payload.len() - 1], MIB),
+        _ => (payload, 1),
+    };
+    let number = |text: &str| text.parse::<usize>().ok().filter(|n| *n > 0);
+    match (number(digits), number(concurrency), number(responses)) {
+        (Some(size), Some(concurrency), Some(responses)) => Ok(Cell {
+            payload: size.saturating_mul(unit),
+            concurrency,
+            responses,
+            track_rss: false,
+        }),
+        _ => Err(USAGE.to_owned()),
+    }
+}
+
+/// The planned cells `wanted` names (payloads above `largest_payload` are cut to it), or
+/// the whole plan when it names none.
+pub(crate) fn select(largest_payload: usize, wanted: &[Cell]) -> Vec<Cell> {
+    let plan = plan(largest_payload);
+    if wanted.is_empty() {
+        return plan;
+    }
+    plan.into_iter()
+        .filter(|cell| {
+            wanted.iter().any(|w| {
+                w.payload.min(largest_payload) == cell.payload
+                    && w.concurrency == cell.concurrency
+                    && w.responses == cell.responses
+            })
+        })
+        .collect()
+}
+
 /// The response counts the cells use: the server side has an echo endpoint for each.
 pub(crate) fn response_counts() -> Vec<usize> {
     let mut counts: Vec<usize> = plan(0).iter().map(|c| c.responses).collect();
@@ -118,6 +163,26 @@ mod tests {
     #[test]
     fn the_server_side_has_an_endpoint_for_every_response_count() {
         assert_eq!(response_counts(), [1, 16]);
+    }
+
+    #[test]
+    fn cells_are_picked_by_name() {
+        let largest = 32 * MIB - 42;
+        let picked: Vec<Cell> = ["64:1:1", "32M:1:1", "64k:64:1"]
+            .iter()
+            .map(|text| parse_cell(text).unwrap())
+            .collect();
+        let cells = select(largest, &picked);
+        let named: Vec<_> = cells.iter().map(|c| (c.payload, c.concurrency)).collect();
+        assert_eq!(named, [(64, 1), (largest, 1), (64 * KIB, 64)]);
+        assert!(
+            cells[1].track_rss,
+            "the largest cell keeps its RSS tracking"
+        );
+        assert_eq!(select(largest, &[]).len(), plan(largest).len());
+        for bad in ["64", "64:1", "0:1:1", "64:x:1", "64:1:1:1", "1G:1:1"] {
+            assert!(parse_cell(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum BenchError {
         system: &'static str,
         detail: String,
     },
+    #[error("no cell of the benchmark's plan matches --cell (see README for the cells)")]
+    NoSuchCell,
     #[error("cannot write {path}: {reason}")]
     Output { path: PathBuf, reason: String },
 }

@@ -80,6 +80,10 @@ pub struct BenchOptions {
     /// server process of their own.
     #[arg(long)]
     pub in_process: bool,
+    /// Measure only this cell (PAYLOAD:CONCURRENCY:RESPONSES, e.g. 64:1:1 or 64K:64:1),
+    /// and skip the event plane; repeat for several cells of the plan.
+    #[arg(long = "cell", value_name = "CELL", value_parser = cells::parse_cell)]
+    pub cells: Vec<Cell>,
     /// The `planewire` executable that runs the server process [default: this one].
     #[arg(long, value_name = "PATH", hide = true)]
     pub server_exe: Option<PathBuf>,
@@ -168,7 +172,11 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
     let raw = RawClient {
         address: raw_address,
     };
-    let cells = cells::plan(plane.max_unary_payload());
+    let cells = cells::select(plane.max_unary_payload(), &options.cells);
+    if cells.is_empty() {
+        servers.stop().await;
+        return Err(BenchError::NoSuchCell);
+    }
     let progress = progress_bar(&cells);
     let mut runs = Vec::new();
     let measured = async {
@@ -195,8 +203,13 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
     for run in &mut runs {
         run.result.topology = topology;
     }
-    progress.set_message("event plane");
-    let event_results = events::run(events::timing(options.quick), options.nats.as_deref()).await?;
+    // A run of chosen cells is a focused measurement of the request plane.
+    let event_results = if options.cells.is_empty() {
+        progress.set_message("event plane");
+        events::run(events::timing(options.quick), options.nats.as_deref()).await?
+    } else {
+        Vec::new()
+    };
     progress.finish_and_clear();
 
     println!(
@@ -213,11 +226,13 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
     if let Some(line) = report::nats_versus_tcp(&results) {
         println!("{line}");
     }
-    println!(
-        "event plane: {} B events; latency is publish → receive with one event in flight",
-        events::EVENT_PAYLOAD
-    );
-    println!("{}", events::table(&event_results));
+    if !event_results.is_empty() {
+        println!(
+            "event plane: {} B events; latency is publish → receive with one event in flight",
+            events::EVENT_PAYLOAD
+        );
+        println!("{}", events::table(&event_results));
+    }
     if let Some(path) = &options.json {
         report::write_json(path, &results, &event_results)?;
     }
