@@ -1,28 +1,28 @@
 //! One client connection: many streams multiplexed by stream id, answered on the same
-//! socket. A reader task routes response frames to per-stream queues; a writer task
-//! batches outgoing frames into vectored writes. Requests wait for a share of the
-//! connection's output budget before queueing, so a server that stops reading holds
-//! callers back instead of growing the queue.
+//! socket. A reader task routes response frames to per-stream queues. A request alone on
+//! the connection is written by its caller; with others in flight it queues for the
+//! writer task, which batches outgoing frames into vectored writes (`client_writer`).
+//! Requests wait for a share of the connection's output budget before queueing, so a
+//! server that stops reading holds callers back instead of growing the queue.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::io::{
-    FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound, Side, budget_share, write_loop,
-};
+use super::client_writer::{SendError, Sender, write_side};
+use super::io::{FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound, Side, budget_share};
 use super::stream_slot::{Next, StreamSlot};
 use crate::codec::{ErrorCode, Frame, RequestFrame};
 use crate::config::TcpConfig;
@@ -81,7 +81,7 @@ pub(crate) enum StartError {
 /// A handle to one pooled connection. Dropping every handle closes the socket once the
 /// streams still open on it have ended.
 pub(crate) struct ClientConnection {
-    tx: mpsc::Sender<Outbound>,
+    tx: Arc<Sender>,
     /// Request bytes that may wait in `tx`.
     budget: Arc<Semaphore>,
     shared: Arc<Shared>,
@@ -107,7 +107,6 @@ impl ClientConnection {
                 reason: e.to_string(),
             })?;
         let (rd, wr) = socket.into_split();
-        let (tx, rx) = mpsc::channel(config.channel_buffer);
         let reader = FrameReader::new(rd, config.max_message_size, config.shrink_message_size);
         let shared = Arc::new(Shared {
             address: address.to_owned(),
@@ -121,22 +120,25 @@ impl ClientConnection {
             max_frame_len: config.max_message_size,
         });
         let writer = FrameWriter::new(wr, config.max_message_size, Side::Client);
+        let (tx, mut writer_task) = write_side(writer, config.channel_buffer);
+        let tx = Arc::new(tx);
         let writer_shared = Arc::clone(&shared);
         tokio::spawn(async move {
             // Once the reader has seen the server close, the socket goes at once: the
             // server lingers until we close too.
             let closed = writer_shared.closed.clone();
             tokio::select! {
-                written = write_loop(writer, rx, &writer_shared.in_flight) => {
+                written = writer_task.run(&writer_shared.in_flight) => {
                     if let Err(err) = written {
                         tracing::debug!(%err, "client connection writer failed");
                     }
                 }
                 () = closed.cancelled() => {}
             }
+            writer_task.close();
             writer_shared.mark_closed();
         });
-        tokio::spawn(read_loop(reader, Arc::clone(&shared), tx.downgrade()));
+        tokio::spawn(read_loop(reader, Arc::clone(&shared), Arc::downgrade(&tx)));
         Ok(Self {
             tx,
             budget: Arc::new(Semaphore::new(OUTPUT_BUDGET)),
@@ -193,18 +195,20 @@ impl ClientConnection {
             let stream_id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
             // Registered before sending: the answer can arrive before `send` returns.
             lock(&self.shared.streams).insert(stream_id, Arc::clone(&slot));
-            self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+            let alone = self.shared.in_flight.fetch_add(1, Ordering::Relaxed) == 0;
             request.stream_id = stream_id;
             // The server gets the time left, so its handler stops when we stop waiting.
             request.timeout = Some(deadline.saturating_duration_since(Instant::now()));
             let out = Outbound::budgeted(Frame::Request(request), permit);
-            (stream_id, self.tx.try_send(out))
+            // A lone request goes straight to the socket; with others in flight it
+            // queues, where the writer task batches it with theirs.
+            (stream_id, self.tx.try_send(out, alone))
         };
         let mut stream = ResponseStream {
             slot,
             stream_id,
             shared: Arc::clone(&self.shared),
-            tx: Some(self.tx.clone()),
+            tx: Some(Arc::clone(&self.tx)),
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             timeout,
         };
@@ -213,8 +217,8 @@ impl ClientConnection {
         // takes `DYN_TCP_CHANNEL_BUFFER` requests already waiting, at an idle moment.
         let queued = match sent {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(out)) => self.tx.send(out).await.is_ok(),
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(SendError::Full(out)) => self.tx.send(out).await.is_ok(),
+            Err(SendError::Closed) => false,
         };
         if !queued {
             stream.tx = None;
@@ -248,7 +252,7 @@ async fn open_socket(target: SocketAddr) -> std::io::Result<TcpStream> {
 async fn read_loop(
     mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
     shared: Arc<Shared>,
-    tx: mpsc::WeakSender<Outbound>,
+    tx: Weak<Sender>,
 ) {
     // One future for the whole loop: creating one per frame would take the token's lock.
     let closed = shared.closed.clone();
@@ -278,7 +282,7 @@ async fn read_loop(
 }
 
 /// Routes one frame from the server; `Err` closes the connection with that reason.
-fn on_frame(shared: &Shared, tx: &mpsc::WeakSender<Outbound>, frame: Frame) -> Result<(), String> {
+fn on_frame(shared: &Shared, tx: &Weak<Sender>, frame: Frame) -> Result<(), String> {
     match frame {
         Frame::Data { stream_id, payload } => deliver(shared, tx, stream_id, payload),
         Frame::End { stream_id, payload } => {
@@ -317,7 +321,7 @@ fn on_frame(shared: &Shared, tx: &mpsc::WeakSender<Outbound>, frame: Frame) -> R
             // Dropped when the queue is full: a PING is a liveness check, and an answer
             // stuck behind a full queue would say little.
             if let Some(tx) = tx.upgrade() {
-                let _ = tx.try_send(Outbound::control(Frame::Pong { opaque }));
+                let _ = tx.try_send(Outbound::control(Frame::Pong { opaque }), false);
             }
         }
         Frame::Pong { .. } => {}
@@ -330,7 +334,7 @@ fn on_frame(shared: &Shared, tx: &mpsc::WeakSender<Outbound>, frame: Frame) -> R
 
 /// Hands a response item to its stream, or fails the stream if the server overran its
 /// flow-control window.
-fn deliver(shared: &Shared, tx: &mpsc::WeakSender<Outbound>, stream_id: u64, payload: Bytes) {
+fn deliver(shared: &Shared, tx: &Weak<Sender>, stream_id: u64, payload: Bytes) {
     let slot = lock(&shared.streams).get(&stream_id).cloned();
     // Unknown ids are streams already cancelled or timed out: ignore.
     let Some(slot) = slot else { return };
@@ -343,7 +347,7 @@ fn deliver(shared: &Shared, tx: &mpsc::WeakSender<Outbound>, stream_id: u64, pay
         outstanding,
     }));
     if let Some(tx) = tx.upgrade() {
-        send_control(&tx, Frame::Cancel { stream_id });
+        tx.send_control(Frame::Cancel { stream_id });
     }
 }
 
@@ -372,24 +376,6 @@ fn fail_unprocessed(shared: &Shared, last_stream_id: u64, message: &str) {
     }
 }
 
-/// Queues a CANCEL or WINDOW_UPDATE without blocking (from `Drop` and `poll_next`). If
-/// the request queue is full, a task waits for room. These tasks are bounded: one cancel
-/// per stream, and a stream's unsent grants never exceed its window plus one frame (the
-/// server cannot send more than that without them).
-fn send_control(tx: &mpsc::Sender<Outbound>, frame: Frame) {
-    match tx.try_send(Outbound::control(frame)) {
-        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-        Err(mpsc::error::TrySendError::Full(frame)) => {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                let tx = tx.clone();
-                handle.spawn(async move {
-                    let _ = tx.send(frame).await;
-                });
-            }
-        }
-    }
-}
-
 /// The responses of one request, in order. Ends after the server's end-of-stream; yields
 /// one `Err` and ends on failure or timeout. Dropping it early cancels the request on the
 /// server.
@@ -399,7 +385,7 @@ pub struct ResponseStream {
     shared: Arc<Shared>,
     /// For CANCEL and WINDOW_UPDATE; `None` once the stream is over, so a finished
     /// stream the caller still holds does not keep its connection open.
-    tx: Option<mpsc::Sender<Outbound>>,
+    tx: Option<Arc<Sender>>,
     deadline: Pin<Box<Sleep>>,
     timeout: Duration,
 }
@@ -409,12 +395,9 @@ impl ResponseStream {
     pub fn cancel(&mut self) {
         if let Some(tx) = self.tx.take() {
             if self.shared.remove_stream(self.stream_id).is_some() {
-                send_control(
-                    &tx,
-                    Frame::Cancel {
-                        stream_id: self.stream_id,
-                    },
-                );
+                tx.send_control(Frame::Cancel {
+                    stream_id: self.stream_id,
+                });
             }
         }
     }
@@ -431,13 +414,10 @@ impl Stream for ResponseStream {
             Poll::Ready(Next::Item(item, grant)) => {
                 if let (Some(increment), Some(tx)) = (grant, &self.tx) {
                     let stream_id = self.stream_id;
-                    send_control(
-                        tx,
-                        Frame::WindowUpdate {
-                            stream_id,
-                            increment,
-                        },
-                    );
+                    tx.send_control(Frame::WindowUpdate {
+                        stream_id,
+                        increment,
+                    });
                 }
                 Poll::Ready(Some(Ok(item)))
             }

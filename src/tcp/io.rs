@@ -2,12 +2,14 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -155,6 +157,9 @@ pub(crate) struct FrameWriter<W> {
     /// that every request sent before it has arrived (`PROTOCOL.md` §7.11), so it
     /// keeps its place behind them.
     urgent_pong: bool,
+    /// Whether `last_progress` is kept: only a server watches for a peer that stops
+    /// reading, and a client saves the clock reads (two per request).
+    track_progress: bool,
     /// When output last moved (or started waiting): a peer that stops reading is seen
     /// by this not advancing.
     last_progress: Instant,
@@ -177,6 +182,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             waiting: 0,
             max_frame_len,
             urgent_pong: side == Side::Server,
+            track_progress: side == Side::Server,
             last_progress: Instant::now(),
         }
     }
@@ -187,7 +193,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// `encode`).
     pub(crate) fn push(&mut self, frame: Frame) {
         let len = frame.wire_len();
-        if self.queued() == 0 {
+        if self.track_progress && self.queued() == 0 {
             self.last_progress = Instant::now();
         }
         // Nothing waits and the batch has room: the frame goes straight into it, where it
@@ -259,27 +265,50 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Writes everything queued. Cancel-safe: what was written stays written, and the
     /// rest stays queued, whole frames included.
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// [`flush`](Self::flush) as a poll: ready once everything queued is written.
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             if self.writing.is_empty() {
                 self.refill();
                 if self.writing.is_empty() {
-                    return Ok(());
+                    return Poll::Ready(Ok(()));
                 }
             }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let n = self.writing.chunks_vectored(&mut slices);
-            let written = self.io.write_vectored(&slices[..n]).await?;
+            let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]))?;
             if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.writing.advance(written);
-            self.last_progress = Instant::now();
+            if self.track_progress {
+                self.last_progress = Instant::now();
+            }
+        }
+    }
+
+    /// Writes what the socket takes now, without waiting; `Ok(true)` when nothing is
+    /// left. Whoever calls this must make sure a task then polls
+    /// [`poll_flush`](Self::poll_flush) if something is left: a socket that would block
+    /// wakes only the waker of the last poll, and this one's is a no-op.
+    pub(crate) fn flush_now(&mut self) -> io::Result<bool> {
+        match self.poll_flush(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(result) => result.map(|()| true),
+            Poll::Pending => Ok(false),
         }
     }
 
     pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
-        self.flush().await?;
-        self.io.shutdown().await
+        std::future::poll_fn(|cx| self.poll_shutdown(cx)).await
+    }
+
+    /// Flushes, then shuts the write side.
+    pub(crate) fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_flush(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -373,34 +402,6 @@ pub(crate) async fn budget_share(
 /// Output bytes a connection lets wait in its queues before producers wait: a few MiB,
 /// whatever the peer does. A single frame larger than this still passes, alone.
 pub(crate) const OUTPUT_BUDGET: usize = 4 * 1024 * 1024;
-
-/// Drains `rx` into `writer` until every sender is gone, batching whatever is queued into
-/// each write.
-///
-/// When more streams are in flight than requests wait here, their callers are likely
-/// about to queue requests too (their answers just arrived): yielding once lets them, and
-/// one write then carries the lot instead of one write per request. A lone caller
-/// (`in_flight` 1) never waits for that.
-pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
-    mut writer: FrameWriter<W>,
-    mut rx: tokio::sync::mpsc::Receiver<Outbound>,
-    in_flight: &AtomicUsize,
-) -> io::Result<()> {
-    while let Some(out) = rx.recv().await {
-        if in_flight.load(Ordering::Relaxed) > rx.len() + 1 {
-            tokio::task::yield_now().await;
-        }
-        writer.push(out.frame);
-        while writer.queued() < WRITE_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(out) => writer.push(out.frame),
-                Err(_) => break,
-            }
-        }
-        writer.flush().await?;
-    }
-    writer.shutdown().await
-}
 
 #[cfg(test)]
 mod tests {

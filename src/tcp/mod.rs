@@ -5,6 +5,7 @@
 pub(crate) mod addr;
 mod client;
 mod client_conn;
+mod client_writer;
 mod io;
 mod server;
 mod server_conn;
