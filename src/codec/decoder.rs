@@ -63,6 +63,9 @@ pub struct FrameDecoder {
 /// Capacity of the read buffer a medium frame moves to: room for a few 64 KiB frames,
 /// so a retired buffer is free again soon after its last frame is consumed.
 pub const MEDIUM_BUFFER: usize = 256 * 1024;
+/// Room a medium buffer keeps past its frame for the bytes that follow it, so the next
+/// frame's header arrives there and moves the read on (retiring this buffer).
+const MEDIUM_TAIL: usize = 64 * 1024;
 /// Frames from this size up move to a buffer of their own size class when they do not
 /// fit; smaller ones grow the read buffer as before (they are cheap to allocate).
 const MEDIUM_FRAME: usize = 16 * 1024;
@@ -204,7 +207,10 @@ impl FrameDecoder {
     /// Moves the frame's first bytes from `src` to a retired buffer that is free again,
     /// or to a new one of at least [`MEDIUM_BUFFER`], and retires `src`'s buffer.
     fn move_to_medium_buffer(&mut self, frame_len: usize, src: &mut BytesMut) {
-        let size = frame_len.max(MEDIUM_BUFFER);
+        // Room beyond the frame for the next frame's start: a buffer the frame filled
+        // exactly would be left behind by the next `reserve`, never retired nor reused,
+        // and every frame over `MEDIUM_BUFFER` would land in fresh memory.
+        let size = (frame_len + MEDIUM_TAIL).max(MEDIUM_BUFFER);
         // `try_reclaim` succeeds only once nothing split off the buffer is alive and its
         // allocation holds `size` bytes.
         let reusable = self
