@@ -26,11 +26,13 @@ mod plane;
 mod plot;
 mod procfs;
 mod raw;
+#[cfg(all(feature = "io-uring", target_os = "linux"))]
+mod raw_uring;
 mod remote;
 mod report;
 
+use std::future::Future;
 use std::path::PathBuf;
-
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -48,7 +50,7 @@ use driver::{Caller, Measurement, Timing};
 use plane::{Planewire, PlanewireServer};
 use procfs::Process;
 use raw::{RawClient, RawServer};
-use remote::ServerProcess;
+use remote::{ServerProcess, UringServers};
 use report::Run;
 
 /// Options of `planewire bench` (and of `cargo bench --bench latency -- …`).
@@ -80,6 +82,11 @@ pub struct BenchOptions {
     /// server process of their own.
     #[arg(long)]
     pub in_process: bool,
+    /// Also measure the floor's server on io_uring beside its epoll server, by turns in
+    /// every closed-loop cell (two processes only; needs a Linux build with the
+    /// `io-uring` feature).
+    #[arg(long)]
+    pub io_uring: bool,
     /// The `planewire` executable that runs the server process [default: this one].
     #[arg(long, value_name = "PATH", hide = true)]
     pub server_exe: Option<PathBuf>,
@@ -128,6 +135,29 @@ impl Servers {
 
     /// The processes whose CPU time and memory are measured: the clients' (this one,
     /// which in-process is the servers' too) and the servers' when apart.
+    /// The client of the floor's io_uring server, when `--io-uring` asks for it.
+    fn uring(&self, options: &BenchOptions) -> Result<Option<RawClient>, BenchError> {
+        if !options.io_uring {
+            return Ok(None);
+        }
+        let Self::TwoProcess(process) = self else {
+            return Err(BenchError::Worker(
+                "--io-uring measures the two-process topology only; drop --in-process".into(),
+            ));
+        };
+        match &process.io_uring {
+            UringServers::Serving { raw } => Ok(Some(RawClient { address: *raw })),
+            UringServers::NotBuilt => Err(BenchError::Worker(
+                "--io-uring needs a Linux build with the `io-uring` cargo feature \
+                 (--features io-uring)"
+                    .into(),
+            )),
+            UringServers::Refused(err) => Err(BenchError::Worker(format!(
+                "--io-uring: the kernel refused io_uring in the server process: {err}"
+            ))),
+        }
+    }
+
     fn processes(&self) -> Sides {
         Sides {
             client: Process::This,
@@ -164,12 +194,19 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
     let topology = servers.topology();
     let (plane_address, raw_address) = servers.addresses();
     let sides = servers.processes();
+    let uring = match servers.uring(options) {
+        Ok(uring) => uring,
+        Err(err) => {
+            servers.stop().await;
+            return Err(err);
+        }
+    };
     let plane = Planewire::connect(plane_address)?;
     let raw = RawClient {
         address: raw_address,
     };
     let cells = cells::plan(plane.max_unary_payload());
-    let progress = progress_bar(&cells);
+    let progress = progress_bar(&cells, uring.is_some());
     let mut runs = Vec::new();
     let measured = async {
         for cell in &cells {
@@ -177,6 +214,7 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
                 cell,
                 &plane,
                 &raw,
+                uring.as_ref(),
                 sides,
                 timing,
                 options.open_load,
@@ -254,7 +292,8 @@ async fn nats_cells(
             server: None,
             ..sides
         };
-        let turns = closed_by_turns(&cell, raw, &callers, sides, timing).await?;
+        let system = |slice| driver::closed_loop(callers.clone(), slice);
+        let turns = closed_by_turns(&cell, raw, system, sides, timing).await?;
         progress.inc(2);
         let floor = Run::new(System::RawTcp, &cell, Mode::Closed, None, turns.floor)
             .with_cpu(turns.floor_cpu);
@@ -286,10 +325,11 @@ async fn nats_cells(
     ))
 }
 
-fn progress_bar(cells: &[Cell]) -> ProgressBar {
+fn progress_bar(cells: &[Cell], uring: bool) -> ProgressBar {
+    let uring_runs = if uring { 2 } else { 0 };
     let runs: usize = cells
         .iter()
-        .map(|c| if c.concurrency > 1 { 4 } else { 2 })
+        .map(|c| if c.concurrency > 1 { 4 } else { 2 } + uring_runs)
         .sum();
     let style = ProgressStyle::with_template("{bar:30} {pos}/{len} runs  {elapsed}  {msg}")
         .expect("constant, valid template");
@@ -297,11 +337,14 @@ fn progress_bar(cells: &[Cell]) -> ProgressBar {
 }
 
 /// Planewire and the floor by turns, closed loop; then, above concurrency 1, each in an
-/// open loop. Runs come out in (floor, planewire) pairs, the plot's panels.
+/// open loop; then, with `uring`, the floor's io_uring server and its epoll server by
+/// turns, closed loop. Runs come out in (floor, system) pairs, the plot's panels.
+#[allow(clippy::too_many_arguments)]
 async fn run_cell(
     cell: &Cell,
     plane: &Planewire,
     raw: &RawClient,
+    uring: Option<&RawClient>,
     sides: Sides,
     timing: Timing,
     open_load: f64,
@@ -317,7 +360,8 @@ async fn run_cell(
 
     progress.set_message(name("planewire and raw TCP", "closed"));
     let callers = plane.callers(&payload, cell.responses, cell.concurrency);
-    let turns = closed_by_turns(cell, raw, &callers, sides, timing).await?;
+    let system = |slice| driver::closed_loop(callers.clone(), slice);
+    let turns = closed_by_turns(cell, raw, system, sides, timing).await?;
     progress.inc(2);
     let rate = open_load * turns.system.rps();
 
@@ -329,6 +373,18 @@ async fn run_cell(
     planewire.result.peak_rss_bytes = turns.peak_rss;
     planewire.result.server_peak_rss_bytes = turns.server_peak_rss;
     let mut runs = vec![floor, planewire];
+    if let Some(uring) = uring {
+        progress.set_message(name("raw TCP on io_uring and epoll", "closed"));
+        let system = |slice| floor_run(cell, uring, None, slice);
+        let turns = closed_by_turns(cell, raw, system, sides, timing).await?;
+        progress.inc(2);
+        let floor = Run::new(System::RawTcp, cell, Mode::Closed, None, turns.floor)
+            .with_cpu(turns.floor_cpu);
+        let on_uring = Run::new(System::RawIoUring, cell, Mode::Closed, None, turns.system)
+            .with_cpu(turns.system_cpu)
+            .compared_to(&floor);
+        runs.extend([floor, on_uring]);
+    }
     if cell.concurrency == 1 {
         return Ok(runs);
     }
@@ -408,20 +464,23 @@ impl CpuTally {
     }
 }
 
-/// Closed-loop runs of `callers` and of the floor for `cell`, cut into `timing.slices`
+/// Closed-loop runs of `system` (one slice per call) and of the floor for `cell`, cut into `timing.slices`
 /// slices taken by turns (system, floor, floor, system, …): a shared VM's speed drifts
 /// over seconds, and taking turns makes a drift weigh on both sides of a ratio alike.
 /// Returns both sides' merged slices with the CPU time each process spent per call made
 /// in them (warm-up calls included, as their CPU time is), and the peak RSS
 /// when the cell tracks it (the largest peak over the system's slices, each from a
 /// reset just before it).
-async fn closed_by_turns<C: Caller + Clone>(
+async fn closed_by_turns<F>(
     cell: &Cell,
     raw: &RawClient,
-    callers: &[C],
+    mut system_slice: impl FnMut(Timing) -> F,
     sides: Sides,
     timing: Timing,
-) -> Result<Turns, BenchError> {
+) -> Result<Turns, BenchError>
+where
+    F: Future<Output = Result<Measurement, BenchError>>,
+{
     let slice = timing.slice();
     let mut system: Option<Measurement> = None;
     let mut floor: Option<Measurement> = None;
@@ -436,7 +495,7 @@ async fn closed_by_turns<C: Caller + Clone>(
             let before = CpuSample::now(sides);
             let (measured, sum) = if system_now {
                 let reset = processes.map(|p| cell.track_rss && p.is_some_and(Process::reset_peak));
-                let measured = driver::closed_loop(callers.to_vec(), slice).await?;
+                let measured = system_slice(slice).await?;
                 system_cpu.add(before, CpuSample::now(sides));
                 for (i, process) in processes.into_iter().enumerate() {
                     let peak = process.filter(|_| reset[i]).and_then(Process::peak);

@@ -26,6 +26,20 @@ const PATIENCE: Duration = Duration::from_secs(30);
 struct Addresses {
     planewire: SocketAddr,
     raw: SocketAddr,
+    io_uring: UringServers,
+}
+
+/// The servers on io_uring that `bench --io-uring` measures beside the epoll ones.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum UringServers {
+    /// A build without the `io-uring` feature, or not for Linux.
+    NotBuilt,
+    /// The kernel refused io_uring; the error says how.
+    Refused(String),
+    Serving {
+        raw: SocketAddr,
+    },
 }
 
 /// A running `bench-server`; killed if dropped without [`stop`](Self::stop).
@@ -34,6 +48,7 @@ pub(crate) struct ServerProcess {
     pid: u32,
     pub planewire: SocketAddr,
     pub raw: SocketAddr,
+    pub io_uring: UringServers,
 }
 
 impl ServerProcess {
@@ -74,6 +89,7 @@ impl ServerProcess {
             pid,
             planewire: addresses.planewire,
             raw: addresses.raw,
+            io_uring: addresses.io_uring,
         })
     }
 
@@ -108,9 +124,11 @@ impl ServerProcess {
 pub async fn serve() -> Result<(), BenchError> {
     let plane = PlanewireServer::start(cells::response_counts()).await?;
     let raw = RawServer::start().await?;
+    let (io_uring, uring_servers) = start_uring_servers();
     let addresses = Addresses {
         planewire: plane.address(),
         raw: raw.address(),
+        io_uring,
     };
     println!(
         "{}",
@@ -132,6 +150,21 @@ pub async fn serve() -> Result<(), BenchError> {
         _ = stdin_closed => {}
     }
     drop(raw);
+    drop(uring_servers);
     plane.shutdown().await;
     Ok(())
+}
+
+/// The io_uring servers, when this build has them and the kernel allows them.
+#[cfg(all(feature = "io-uring", target_os = "linux"))]
+fn start_uring_servers() -> (UringServers, Option<super::raw_uring::RawUringServer>) {
+    match super::raw_uring::RawUringServer::start() {
+        Ok(raw) => (UringServers::Serving { raw: raw.address() }, Some(raw)),
+        Err(err) => (UringServers::Refused(err.to_string()), None),
+    }
+}
+
+#[cfg(not(all(feature = "io-uring", target_os = "linux")))]
+fn start_uring_servers() -> (UringServers, Option<std::convert::Infallible>) {
+    (UringServers::NotBuilt, None)
 }

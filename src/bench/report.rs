@@ -21,6 +21,8 @@ pub enum System {
     PlanewireNats,
     /// The raw tokio TCP echo measured in the same run.
     RawTcp,
+    /// The raw echo's server on io_uring (`bench --io-uring`), its client as the floor's.
+    RawIoUring,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -224,6 +226,7 @@ pub(crate) fn table(results: &[CellResult], open_load: f64, topology: Topology) 
             System::Planewire => "planewire",
             System::PlanewireNats => "pw NATS",
             System::RawTcp => "raw TCP",
+            System::RawIoUring => "raw uring",
         };
         let ratio = |f: fn(&Ratios) -> f64| {
             r.ratio_to_floor
