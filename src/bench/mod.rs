@@ -135,8 +135,8 @@ impl Servers {
 
     /// The processes whose CPU time and memory are measured: the clients' (this one,
     /// which in-process is the servers' too) and the servers' when apart.
-    /// The client of the floor's io_uring server, when `--io-uring` asks for it.
-    fn uring(&self, options: &BenchOptions) -> Result<Option<RawClient>, BenchError> {
+    /// The clients of the floor's io_uring servers, when `--io-uring` asks for them.
+    fn uring(&self, options: &BenchOptions) -> Result<Option<UringClients>, BenchError> {
         if !options.io_uring {
             return Ok(None);
         }
@@ -146,7 +146,12 @@ impl Servers {
             ));
         };
         match &process.io_uring {
-            UringServers::Serving { raw } => Ok(Some(RawClient { address: *raw })),
+            UringServers::Serving { raw, raw_multishot } => Ok(Some(UringClients {
+                direct: RawClient { address: *raw },
+                multishot: RawClient {
+                    address: *raw_multishot,
+                },
+            })),
             UringServers::NotBuilt => Err(BenchError::Worker(
                 "--io-uring needs a Linux build with the `io-uring` cargo feature \
                  (--features io-uring)"
@@ -177,6 +182,12 @@ impl Servers {
             Self::TwoProcess(process) => process.stop().await,
         }
     }
+}
+
+/// The floor's clients for its io_uring servers (`--io-uring`).
+struct UringClients {
+    direct: RawClient,
+    multishot: RawClient,
 }
 
 /// The measured processes: the client side, and the server side when it is another.
@@ -326,7 +337,7 @@ async fn nats_cells(
 }
 
 fn progress_bar(cells: &[Cell], uring: bool) -> ProgressBar {
-    let uring_runs = if uring { 2 } else { 0 };
+    let uring_runs = if uring { 4 } else { 0 };
     let runs: usize = cells
         .iter()
         .map(|c| if c.concurrency > 1 { 4 } else { 2 } + uring_runs)
@@ -344,7 +355,7 @@ async fn run_cell(
     cell: &Cell,
     plane: &Planewire,
     raw: &RawClient,
-    uring: Option<&RawClient>,
+    uring: Option<&UringClients>,
     sides: Sides,
     timing: Timing,
     open_load: f64,
@@ -373,14 +384,20 @@ async fn run_cell(
     planewire.result.peak_rss_bytes = turns.peak_rss;
     planewire.result.server_peak_rss_bytes = turns.server_peak_rss;
     let mut runs = vec![floor, planewire];
-    if let Some(uring) = uring {
+    let uring_servers = uring.map(|u| {
+        [
+            (System::RawIoUring, &u.direct),
+            (System::RawIoUringMultishot, &u.multishot),
+        ]
+    });
+    for (system, client) in uring_servers.into_iter().flatten() {
         progress.set_message(name("raw TCP on io_uring and epoll", "closed"));
-        let system = |slice| floor_run(cell, uring, None, slice);
-        let turns = closed_by_turns(cell, raw, system, sides, timing).await?;
+        let slice_of = |slice| floor_run(cell, client, None, slice);
+        let turns = closed_by_turns(cell, raw, slice_of, sides, timing).await?;
         progress.inc(2);
         let floor = Run::new(System::RawTcp, cell, Mode::Closed, None, turns.floor)
             .with_cpu(turns.floor_cpu);
-        let on_uring = Run::new(System::RawIoUring, cell, Mode::Closed, None, turns.system)
+        let on_uring = Run::new(system, cell, Mode::Closed, None, turns.system)
             .with_cpu(turns.system_cpu)
             .compared_to(&floor);
         runs.extend([floor, on_uring]);

@@ -37,8 +37,10 @@ pub(crate) enum UringServers {
     NotBuilt,
     /// The kernel refused io_uring; the error says how.
     Refused(String),
+    /// The floor's server receiving one read at a time, and by multishot receive.
     Serving {
         raw: SocketAddr,
+        raw_multishot: SocketAddr,
     },
 }
 
@@ -157,14 +159,24 @@ pub async fn serve() -> Result<(), BenchError> {
 
 /// The io_uring servers, when this build has them and the kernel allows them.
 #[cfg(all(feature = "io-uring", target_os = "linux"))]
-fn start_uring_servers() -> (UringServers, Option<super::raw_uring::RawUringServer>) {
-    match super::raw_uring::RawUringServer::start() {
-        Ok(raw) => (UringServers::Serving { raw: raw.address() }, Some(raw)),
-        Err(err) => (UringServers::Refused(err.to_string()), None),
+fn start_uring_servers() -> (UringServers, Vec<super::raw_uring::RawUringServer>) {
+    use super::raw_uring::{RawUringServer, Receive};
+    let started = RawUringServer::start(Receive::Direct).and_then(|direct| {
+        RawUringServer::start(Receive::Multishot).map(|multishot| (direct, multishot))
+    });
+    match started {
+        Ok((direct, multishot)) => (
+            UringServers::Serving {
+                raw: direct.address(),
+                raw_multishot: multishot.address(),
+            },
+            vec![direct, multishot],
+        ),
+        Err(err) => (UringServers::Refused(err.to_string()), Vec::new()),
     }
 }
 
 #[cfg(not(all(feature = "io-uring", target_os = "linux")))]
-fn start_uring_servers() -> (UringServers, Option<std::convert::Infallible>) {
-    (UringServers::NotBuilt, None)
+fn start_uring_servers() -> (UringServers, Vec<std::convert::Infallible>) {
+    (UringServers::NotBuilt, Vec::new())
 }

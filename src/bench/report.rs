@@ -23,6 +23,8 @@ pub enum System {
     RawTcp,
     /// The raw echo's server on io_uring (`bench --io-uring`), its client as the floor's.
     RawIoUring,
+    /// The same, receiving by multishot receive into a registered buffer ring.
+    RawIoUringMultishot,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -227,6 +229,7 @@ pub(crate) fn table(results: &[CellResult], open_load: f64, topology: Topology) 
             System::PlanewireNats => "pw NATS",
             System::RawTcp => "raw TCP",
             System::RawIoUring => "raw uring",
+            System::RawIoUringMultishot => "raw mshot",
         };
         let ratio = |f: fn(&Ratios) -> f64| {
             r.ratio_to_floor
