@@ -26,13 +26,11 @@ mod plane;
 mod plot;
 mod procfs;
 mod raw;
-#[cfg(all(feature = "io-uring", target_os = "linux"))]
-mod raw_uring;
 mod remote;
 mod report;
 
-use std::future::Future;
 use std::path::PathBuf;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,7 +48,7 @@ use driver::{Caller, Measurement, Timing};
 use plane::{Planewire, PlanewireServer};
 use procfs::Process;
 use raw::{RawClient, RawServer};
-use remote::{ServerProcess, UringServers};
+use remote::ServerProcess;
 use report::Run;
 
 /// Options of `planewire bench` (and of `cargo bench --bench latency -- …`).
@@ -82,11 +80,6 @@ pub struct BenchOptions {
     /// server process of their own.
     #[arg(long)]
     pub in_process: bool,
-    /// Also measure the floor's server on io_uring beside its epoll server, by turns in
-    /// every closed-loop cell (two processes only; needs a Linux build with the
-    /// `io-uring` feature).
-    #[arg(long)]
-    pub io_uring: bool,
     /// The `planewire` executable that runs the server process [default: this one].
     #[arg(long, value_name = "PATH", hide = true)]
     pub server_exe: Option<PathBuf>,
@@ -135,34 +128,6 @@ impl Servers {
 
     /// The processes whose CPU time and memory are measured: the clients' (this one,
     /// which in-process is the servers' too) and the servers' when apart.
-    /// The clients of the floor's io_uring servers, when `--io-uring` asks for them.
-    fn uring(&self, options: &BenchOptions) -> Result<Option<UringClients>, BenchError> {
-        if !options.io_uring {
-            return Ok(None);
-        }
-        let Self::TwoProcess(process) = self else {
-            return Err(BenchError::Worker(
-                "--io-uring measures the two-process topology only; drop --in-process".into(),
-            ));
-        };
-        match &process.io_uring {
-            UringServers::Serving { raw, raw_multishot } => Ok(Some(UringClients {
-                direct: RawClient { address: *raw },
-                multishot: RawClient {
-                    address: *raw_multishot,
-                },
-            })),
-            UringServers::NotBuilt => Err(BenchError::Worker(
-                "--io-uring needs a Linux build with the `io-uring` cargo feature \
-                 (--features io-uring)"
-                    .into(),
-            )),
-            UringServers::Refused(err) => Err(BenchError::Worker(format!(
-                "--io-uring: the kernel refused io_uring in the server process: {err}"
-            ))),
-        }
-    }
-
     fn processes(&self) -> Sides {
         Sides {
             client: Process::This,
@@ -184,12 +149,6 @@ impl Servers {
     }
 }
 
-/// The floor's clients for its io_uring servers (`--io-uring`).
-struct UringClients {
-    direct: RawClient,
-    multishot: RawClient,
-}
-
 /// The measured processes: the client side, and the server side when it is another.
 #[derive(Clone, Copy)]
 struct Sides {
@@ -205,19 +164,12 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
     let topology = servers.topology();
     let (plane_address, raw_address) = servers.addresses();
     let sides = servers.processes();
-    let uring = match servers.uring(options) {
-        Ok(uring) => uring,
-        Err(err) => {
-            servers.stop().await;
-            return Err(err);
-        }
-    };
     let plane = Planewire::connect(plane_address)?;
     let raw = RawClient {
         address: raw_address,
     };
     let cells = cells::plan(plane.max_unary_payload());
-    let progress = progress_bar(&cells, uring.is_some());
+    let progress = progress_bar(&cells);
     let mut runs = Vec::new();
     let measured = async {
         for cell in &cells {
@@ -225,7 +177,6 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
                 cell,
                 &plane,
                 &raw,
-                uring.as_ref(),
                 sides,
                 timing,
                 options.open_load,
@@ -303,8 +254,7 @@ async fn nats_cells(
             server: None,
             ..sides
         };
-        let system = |slice| driver::closed_loop(callers.clone(), slice);
-        let turns = closed_by_turns(&cell, raw, system, sides, timing).await?;
+        let turns = closed_by_turns(&cell, raw, &callers, sides, timing).await?;
         progress.inc(2);
         let floor = Run::new(System::RawTcp, &cell, Mode::Closed, None, turns.floor)
             .with_cpu(turns.floor_cpu);
@@ -336,11 +286,10 @@ async fn nats_cells(
     ))
 }
 
-fn progress_bar(cells: &[Cell], uring: bool) -> ProgressBar {
-    let uring_runs = if uring { 4 } else { 0 };
+fn progress_bar(cells: &[Cell]) -> ProgressBar {
     let runs: usize = cells
         .iter()
-        .map(|c| if c.concurrency > 1 { 4 } else { 2 } + uring_runs)
+        .map(|c| if c.concurrency > 1 { 4 } else { 2 })
         .sum();
     let style = ProgressStyle::with_template("{bar:30} {pos}/{len} runs  {elapsed}  {msg}")
         .expect("constant, valid template");
@@ -348,14 +297,11 @@ fn progress_bar(cells: &[Cell], uring: bool) -> ProgressBar {
 }
 
 /// Planewire and the floor by turns, closed loop; then, above concurrency 1, each in an
-/// open loop; then, with `uring`, the floor's io_uring server and its epoll server by
-/// turns, closed loop. Runs come out in (floor, system) pairs, the plot's panels.
-#[allow(clippy::too_many_arguments)]
+/// open loop. Runs come out in (floor, planewire) pairs, the plot's panels.
 async fn run_cell(
     cell: &Cell,
     plane: &Planewire,
     raw: &RawClient,
-    uring: Option<&UringClients>,
     sides: Sides,
     timing: Timing,
     open_load: f64,
@@ -371,8 +317,7 @@ async fn run_cell(
 
     progress.set_message(name("planewire and raw TCP", "closed"));
     let callers = plane.callers(&payload, cell.responses, cell.concurrency);
-    let system = |slice| driver::closed_loop(callers.clone(), slice);
-    let turns = closed_by_turns(cell, raw, system, sides, timing).await?;
+    let turns = closed_by_turns(cell, raw, &callers, sides, timing).await?;
     progress.inc(2);
     let rate = open_load * turns.system.rps();
 
@@ -384,24 +329,6 @@ async fn run_cell(
     planewire.result.peak_rss_bytes = turns.peak_rss;
     planewire.result.server_peak_rss_bytes = turns.server_peak_rss;
     let mut runs = vec![floor, planewire];
-    let uring_servers = uring.map(|u| {
-        [
-            (System::RawIoUring, &u.direct),
-            (System::RawIoUringMultishot, &u.multishot),
-        ]
-    });
-    for (system, client) in uring_servers.into_iter().flatten() {
-        progress.set_message(name("raw TCP on io_uring and epoll", "closed"));
-        let slice_of = |slice| floor_run(cell, client, None, slice);
-        let turns = closed_by_turns(cell, raw, slice_of, sides, timing).await?;
-        progress.inc(2);
-        let floor = Run::new(System::RawTcp, cell, Mode::Closed, None, turns.floor)
-            .with_cpu(turns.floor_cpu);
-        let on_uring = Run::new(system, cell, Mode::Closed, None, turns.system)
-            .with_cpu(turns.system_cpu)
-            .compared_to(&floor);
-        runs.extend([floor, on_uring]);
-    }
     if cell.concurrency == 1 {
         return Ok(runs);
     }
@@ -481,23 +408,20 @@ impl CpuTally {
     }
 }
 
-/// Closed-loop runs of `system` (one slice per call) and of the floor for `cell`, cut into `timing.slices`
+/// Closed-loop runs of `callers` and of the floor for `cell`, cut into `timing.slices`
 /// slices taken by turns (system, floor, floor, system, …): a shared VM's speed drifts
 /// over seconds, and taking turns makes a drift weigh on both sides of a ratio alike.
 /// Returns both sides' merged slices with the CPU time each process spent per call made
 /// in them (warm-up calls included, as their CPU time is), and the peak RSS
 /// when the cell tracks it (the largest peak over the system's slices, each from a
 /// reset just before it).
-async fn closed_by_turns<F>(
+async fn closed_by_turns<C: Caller + Clone>(
     cell: &Cell,
     raw: &RawClient,
-    mut system_slice: impl FnMut(Timing) -> F,
+    callers: &[C],
     sides: Sides,
     timing: Timing,
-) -> Result<Turns, BenchError>
-where
-    F: Future<Output = Result<Measurement, BenchError>>,
-{
+) -> Result<Turns, BenchError> {
     let slice = timing.slice();
     let mut system: Option<Measurement> = None;
     let mut floor: Option<Measurement> = None;
@@ -512,7 +436,7 @@ where
             let before = CpuSample::now(sides);
             let (measured, sum) = if system_now {
                 let reset = processes.map(|p| cell.track_rss && p.is_some_and(Process::reset_peak));
-                let measured = system_slice(slice).await?;
+                let measured = driver::closed_loop(callers.to_vec(), slice).await?;
                 system_cpu.add(before, CpuSample::now(sides));
                 for (i, process) in processes.into_iter().enumerate() {
                     let peak = process.filter(|_| reset[i]).and_then(Process::peak);

@@ -101,8 +101,6 @@ fn draw_panel<'a>(area: &Area<'a>, pair: &[Run]) -> DrawResult<'a> {
             System::Planewire => (PLANEWIRE, "planewire"),
             System::PlanewireNats => (PLANEWIRE, "planewire over NATS"),
             System::RawTcp => (FLOOR, "raw TCP floor"),
-            System::RawIoUring => (PLANEWIRE, "raw TCP, server on io_uring"),
-            System::RawIoUringMultishot => (PLANEWIRE, "raw TCP, server on io_uring, multishot"),
         };
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))?

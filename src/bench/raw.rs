@@ -18,9 +18,9 @@ use tokio::task::JoinHandle;
 use super::BenchError;
 use super::driver::Caller;
 
-pub(super) const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
 /// Payloads from this size on are written from the read buffer rather than copied.
-pub(super) const WRITE_DIRECT: usize = 64 * 1024;
+const WRITE_DIRECT: usize = 64 * 1024;
 const SYSTEM: &str = "raw TCP";
 
 /// The raw echo server. Dropping it stops accepting; open connections end with their clients.
@@ -239,23 +239,19 @@ async fn echo_connection(mut socket: TcpStream) -> std::io::Result<()> {
             socket.write_all(&output).await?;
             output.clear();
         }
-        make_read_room(&mut input);
+        // Past a request's 8-byte prefix `take_request` has made room for all of it;
+        // topping up then would reallocate a buffer sized to that request.
+        if input.len() < 8 && input.capacity() - input.len() < READ_CHUNK / 4 {
+            input.reserve(READ_CHUNK);
+        }
         if socket.read_buf(&mut input).await? == 0 {
             return Ok(());
         }
     }
 }
 
-/// Tops `input` up before a read. Past a request's 8-byte prefix `take_request` has made
-/// room for all of it; topping up then would reallocate a buffer sized to that request.
-pub(super) fn make_read_room(input: &mut BytesMut) {
-    if input.len() < 8 && input.capacity() - input.len() < READ_CHUNK / 4 {
-        input.reserve(READ_CHUNK);
-    }
-}
-
 /// Splits one whole request off the front of `input`, or reserves room for the rest of it.
-pub(super) fn take_request(input: &mut BytesMut) -> Option<(u32, Bytes)> {
+fn take_request(input: &mut BytesMut) -> Option<(u32, Bytes)> {
     if input.len() < 8 {
         return None;
     }

@@ -26,22 +26,6 @@ const PATIENCE: Duration = Duration::from_secs(30);
 struct Addresses {
     planewire: SocketAddr,
     raw: SocketAddr,
-    io_uring: UringServers,
-}
-
-/// The servers on io_uring that `bench --io-uring` measures beside the epoll ones.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum UringServers {
-    /// A build without the `io-uring` feature, or not for Linux.
-    NotBuilt,
-    /// The kernel refused io_uring; the error says how.
-    Refused(String),
-    /// The floor's server receiving one read at a time, and by multishot receive.
-    Serving {
-        raw: SocketAddr,
-        raw_multishot: SocketAddr,
-    },
 }
 
 /// A running `bench-server`; killed if dropped without [`stop`](Self::stop).
@@ -50,7 +34,6 @@ pub(crate) struct ServerProcess {
     pid: u32,
     pub planewire: SocketAddr,
     pub raw: SocketAddr,
-    pub io_uring: UringServers,
 }
 
 impl ServerProcess {
@@ -91,7 +74,6 @@ impl ServerProcess {
             pid,
             planewire: addresses.planewire,
             raw: addresses.raw,
-            io_uring: addresses.io_uring,
         })
     }
 
@@ -126,11 +108,9 @@ impl ServerProcess {
 pub async fn serve() -> Result<(), BenchError> {
     let plane = PlanewireServer::start(cells::response_counts()).await?;
     let raw = RawServer::start().await?;
-    let (io_uring, uring_servers) = start_uring_servers();
     let addresses = Addresses {
         planewire: plane.address(),
         raw: raw.address(),
-        io_uring,
     };
     println!(
         "{}",
@@ -152,31 +132,6 @@ pub async fn serve() -> Result<(), BenchError> {
         _ = stdin_closed => {}
     }
     drop(raw);
-    drop(uring_servers);
     plane.shutdown().await;
     Ok(())
-}
-
-/// The io_uring servers, when this build has them and the kernel allows them.
-#[cfg(all(feature = "io-uring", target_os = "linux"))]
-fn start_uring_servers() -> (UringServers, Vec<super::raw_uring::RawUringServer>) {
-    use super::raw_uring::{RawUringServer, Receive};
-    let started = RawUringServer::start(Receive::Direct).and_then(|direct| {
-        RawUringServer::start(Receive::Multishot).map(|multishot| (direct, multishot))
-    });
-    match started {
-        Ok((direct, multishot)) => (
-            UringServers::Serving {
-                raw: direct.address(),
-                raw_multishot: multishot.address(),
-            },
-            vec![direct, multishot],
-        ),
-        Err(err) => (UringServers::Refused(err.to_string()), Vec::new()),
-    }
-}
-
-#[cfg(not(all(feature = "io-uring", target_os = "linux")))]
-fn start_uring_servers() -> (UringServers, Vec<std::convert::Infallible>) {
-    (UringServers::NotBuilt, Vec::new())
 }

@@ -21,10 +21,6 @@ pub enum System {
     PlanewireNats,
     /// The raw tokio TCP echo measured in the same run.
     RawTcp,
-    /// The raw echo's server on io_uring (`bench --io-uring`), its client as the floor's.
-    RawIoUring,
-    /// The same, receiving by multishot receive into a registered buffer ring.
-    RawIoUringMultishot,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -228,8 +224,6 @@ pub(crate) fn table(results: &[CellResult], open_load: f64, topology: Topology) 
             System::Planewire => "planewire",
             System::PlanewireNats => "pw NATS",
             System::RawTcp => "raw TCP",
-            System::RawIoUring => "raw uring",
-            System::RawIoUringMultishot => "raw mshot",
         };
         let ratio = |f: fn(&Ratios) -> f64| {
             r.ratio_to_floor
