@@ -107,9 +107,13 @@ impl Sender {
     /// sent after this call began overtakes it.
     pub(crate) async fn send(&self, out: Outbound) -> Result<(), SendError> {
         self.core.queued.fetch_add(1, Ordering::AcqRel);
+        // Uncounted again unless the frame reaches the queue, also when this future is
+        // dropped while it waits (a request that timed out): a count left behind would
+        // keep every later frame off the direct path.
+        let uncount = Uncount(&self.core.queued);
         let sent = self.tx.send(out).await;
-        if sent.is_err() {
-            self.core.queued.fetch_sub(1, Ordering::AcqRel);
+        if sent.is_ok() {
+            std::mem::forget(uncount);
         }
         sent.map_err(|_| SendError::Closed)
     }
@@ -156,6 +160,15 @@ impl Sender {
             self.core.kick.notify_one();
         }
         None
+    }
+}
+
+/// Takes one frame off [`Core::queued`] when dropped.
+struct Uncount<'a>(&'a AtomicUsize);
+
+impl Drop for Uncount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -303,6 +316,24 @@ mod tests {
         assert_eq!(next_id(&mut peer).await, 2);
         drop(sender);
         writer.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_send_given_up_while_waiting_for_room_does_not_block_the_direct_path() {
+        let (sender, mut task, mut peer) = pair(1).await;
+        assert!(sender.try_send(cancel(1), false).is_ok());
+        // The queue is full: this send waits, and is given up (as a timed-out request).
+        let waiting = tokio::time::timeout(Duration::from_millis(10), sender.send(cancel(2)));
+        assert!(waiting.await.is_err(), "the queue had no room");
+        let in_flight = AtomicUsize::new(0);
+        let writer = tokio::spawn(async move { task.run(&in_flight).await });
+        assert_eq!(next_id(&mut peer).await, 1);
+        // Nothing waits any more; whether frame 3 went direct or through the (now
+        // empty) queue, the writer task is stopped first to tell which it was.
+        writer.abort();
+        let _ = writer.await;
+        assert!(sender.try_send(cancel(3), true).is_ok());
+        assert_eq!(next_id(&mut peer).await, 3, "went straight to the socket");
     }
 
     #[tokio::test]
