@@ -47,8 +47,8 @@ use self::publisher::PubSocket;
 use self::subscriber::Receiver;
 use super::queue::{SubscriberQueue, SubscriptionGuard};
 use super::{Event, EventError, EventPlaneKind, EventScope, EventSink, Transport};
-use crate::codec::Utf8Bytes;
 use crate::planes::discovery::{Discovery, KeyRegistration, KeyValue, KvEvent, KvWatch};
+use crate::vocab::Utf8Bytes;
 
 const PLANE: &str = "zmq";
 /// Frames per event message: topic, envelope, payload.
@@ -65,7 +65,7 @@ impl Zmq {
     pub(super) fn new(discovery: Discovery, host: Option<IpAddr>) -> Self {
         Self {
             discovery,
-            host: host.unwrap_or_else(crate::tcp::addr::detect_local_ip),
+            host: host.unwrap_or_else(crate::vocab::detect_local_ip),
         }
     }
 
@@ -333,7 +333,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
-    use crate::codec::Utf8Bytes;
+    use crate::vocab::Utf8Bytes;
 
     const SUBJECT: &str = "pw.ev.ns.c.~.kv";
 

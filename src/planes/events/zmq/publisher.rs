@@ -376,7 +376,7 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     use super::*;
-    use crate::codec::Utf8Bytes;
+    use crate::vocab::Utf8Bytes;
 
     fn event(sequence: u64, payload: &'static [u8]) -> Event {
         Event {
