@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::BenchError;
-use super::report::Percentiles;
+use super::latency::Percentiles;
 use planewire::nats::{NatsConfig, NatsLink};
 use planewire::planes::discovery::{Discovery, MemoryStore};
 use planewire::planes::events::{

@@ -10,6 +10,17 @@ use std::sync::{Arc, Mutex};
 
 use hdrhistogram::Histogram;
 
+/// Latency percentiles in microseconds: for requests, from send to the last response;
+/// for events, from publish to receipt.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+    pub max: f64,
+}
+
 /// Locks `m`, ignoring poisoning: a panicking worker leaves a histogram whose samples
 /// are still whole, and the others go on recording.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

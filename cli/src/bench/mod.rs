@@ -38,9 +38,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub use cells::Cell;
 pub use error::BenchError;
 pub use events::{EVENT_PAYLOAD, EventResult, VersusBare};
-pub use latency::{Recorder, SharedHistogram};
+pub use latency::{Percentiles, Recorder, SharedHistogram};
 pub use remote::{SERVER_SUBCOMMAND, serve as serve_bench_server};
-pub use report::{CellResult, CpuCost, Mode, Percentiles, Ratios, System, Topology};
+pub use report::{CellResult, CpuCost, Mode, Ratios, System, Topology};
 
 use driver::{Caller, Measurement, Timing};
 use plane::{Planewire, PlanewireServer};

@@ -11,6 +11,7 @@ use super::BenchError;
 use super::cells::{Cell, size_label};
 use super::driver::Measurement;
 use super::events::EventResult;
+use super::latency::Percentiles;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -59,16 +60,6 @@ pub struct CpuCost {
     pub client_us: f64,
     /// The server process; absent in-process.
     pub server_us: Option<f64>,
-}
-
-/// Round-trip latency in microseconds, from send to the last response.
-#[derive(Debug, Clone, Serialize)]
-pub struct Percentiles {
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p99_9: f64,
-    pub max: f64,
 }
 
 /// Planewire's figure divided by the raw floor's, for the same cell and mode.
