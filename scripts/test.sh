@@ -198,7 +198,7 @@ cargo test --workspace --all-features
 section "Latency benchmark, quick mode"
 BENCH_OUTPUTS=(target/bench-quick.json target/bench-quick.png)
 rm -f "${BENCH_OUTPUTS[@]}"
-cargo run --release -- bench --quick --json "${BENCH_OUTPUTS[0]}" --plot "${BENCH_OUTPUTS[1]}"
+cargo run --release -- bench --quick --plane http --json "${BENCH_OUTPUTS[0]}" --plot "${BENCH_OUTPUTS[1]}"
 for output in "${BENCH_OUTPUTS[@]}"; do
     if [[ ! -s $output ]]; then
         echo "error: bench --quick did not write $output" >&2

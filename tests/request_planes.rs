@@ -1,6 +1,6 @@
 //! The request-plane suite (`common/request_suite.rs`) on every plane this build has:
 //! TCP always, with no cargo feature; NATS with `nats`, against a real nats-server
-//! started for the test. Each plane's own behaviour is in `tcp_plane.rs`,
+//! started for the test; HTTP/2 with `http`. Each plane's own behaviour is in `tcp_plane.rs`,
 //! `tcp_robustness.rs` and `nats_plane.rs`.
 
 mod common;
@@ -14,7 +14,7 @@ use planewire::planes::request::{
 /// Limit the over-limit case uses.
 const SMALL_LIMIT: usize = 64 * 1024;
 
-/// `module::tcp`, `module::nats`, …: `case` on a server and client of each plane, set up
+/// `module::tcp`, `module::nats`, `module::http`: `case` on a server and client of each plane, set up
 /// with `options`. A plane whose server cannot be started here (no nats-server outside
 /// CI) is skipped.
 macro_rules! on_every_plane {
@@ -39,6 +39,13 @@ macro_rules! on_every_plane {
                 let Some(pair) = planes::nats($options).await else {
                     return;
                 };
+                run(&pair.server, &pair.client).await;
+            }
+
+            #[cfg(feature = "http")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn http() {
+                let pair = planes::http($options).await;
                 run(&pair.server, &pair.client).await;
             }
         }

@@ -1,20 +1,25 @@
 //! Every plane from the environment, end to end across processes: two `planewire serve`
 //! workers and the `call`, `discovery` and `events` commands, once on NATS (requests and
-//! events) with etcd discovery against a real nats-server and etcd, and once with no
-//! plane variable at all (TCP, file discovery, zmq events). Plus the one-line errors of
-//! bad plane settings. Every child runs on 127.0.0.1.
+//! events) with etcd discovery against a real nats-server and etcd (features `nats` and
+//! `etcd`), once on HTTP/2 (feature `http`), and once with no plane variable at all
+//! (TCP, file discovery, zmq events). Plus the one-line errors of bad plane settings.
+//! Every child runs on 127.0.0.1.
 
 mod common;
 
 use common::planewire_bin;
+#[cfg(all(feature = "nats", feature = "etcd"))]
 use planewire_testkit::etcd;
 use planewire_testkit::nats;
 
 use std::collections::BTreeSet;
+#[cfg(all(feature = "nats", feature = "etcd"))]
 use std::time::Instant;
 
 use planewire::planes::discovery::{InstanceRecord, Transport};
-use planewire_bin::{PATIENCE, Server, Setup, assert_one_error_line, publisher_id, text};
+#[cfg(all(feature = "nats", feature = "etcd"))]
+use planewire_bin::{PATIENCE, publisher_id};
+use planewire_bin::{Server, Setup, assert_one_error_line, text};
 
 const ENDPOINT: &str = "test/e2e/echo";
 const TAGS: [&str; 2] = [" from A", " from B"];
@@ -121,6 +126,7 @@ fn terminate_all(servers: &mut [Server]) {
     }
 }
 
+#[cfg(all(feature = "nats", feature = "etcd"))]
 #[test]
 fn nats_etcd_planes_across_processes() {
     let Some(nats) = nats::NatsServer::start() else {
@@ -263,6 +269,54 @@ fn default_planes_across_processes() {
     assert!(records.is_empty(), "records left after SIGTERM: {raw}");
 }
 
+/// `DYN_REQUEST_PLANE=http`: workers listen on `127.0.0.1:PORT/v1/rpc`, their records
+/// say `http`, `call` routes to both through discovery and reaches one by address.
+#[cfg(feature = "http")]
+#[test]
+fn http_plane_across_processes() {
+    let setup = Setup::loopback()
+        .temp_file_kv()
+        .env("DYN_REQUEST_PLANE", "http")
+        .env("DYN_HTTP_RPC_HOST", "127.0.0.1")
+        .env("DYN_HTTP_RPC_PORT", "0");
+    let mut servers = two_workers(&setup);
+    for server in &servers {
+        let port = server
+            .address
+            .strip_prefix("127.0.0.1:")
+            .and_then(|rest| rest.strip_suffix("/v1/rpc"))
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "listening on {:?}, not 127.0.0.1:PORT/v1/rpc",
+                    server.address
+                )
+            });
+        assert_ne!(port, 0);
+    }
+    let (records, raw) = listed(&setup);
+    assert!(raw.contains(r#""transport":{"type":"http","#), "{raw}");
+    assert_records_match(&records, &servers, |a| Transport::new("http", a));
+
+    assert_both_workers_answer(&setup);
+    assert_latency_run_succeeds(&setup);
+    let direct = setup.output(&[
+        "call",
+        "--endpoint",
+        ENDPOINT,
+        "--addr",
+        &servers[0].address,
+        "--data",
+        "direct",
+    ]);
+    assert!(direct.status.success(), "{}", text(&direct.stderr));
+    assert_eq!(text(&direct.stdout).trim(), format!("direct{}", TAGS[0]));
+
+    terminate_all(&mut servers);
+    let (records, raw) = listed(&setup);
+    assert!(records.is_empty(), "records left after SIGTERM: {raw}");
+}
+
 #[test]
 fn bad_plane_settings_fail_with_one_line() {
     let grpc = Setup::loopback()
@@ -275,7 +329,10 @@ fn bad_plane_settings_fail_with_one_line() {
         let output = grpc.output(args);
         let stderr = assert_one_error_line(&output);
         assert!(stderr.contains("DYN_REQUEST_PLANE"), "{args:?}: {stderr}");
-        assert!(stderr.contains("one of: tcp, nats"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("one of: tcp, nats, http"),
+            "{args:?}: {stderr}"
+        );
         assert!(output.stdout.is_empty(), "{}", text(&output.stdout));
     }
 

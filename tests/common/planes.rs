@@ -1,4 +1,4 @@
-//! A server and a client of each plane the build has, on 127.0.0.1, set up as the
+//! A server and a client of each plane the build has (TCP, NATS, HTTP/2), on 127.0.0.1, set up as the
 //! request-plane suite asks ([`Options`]). NATS needs a real nats-server: without one
 //! its constructor returns `None` and the test is skipped (a failure under `CI=true`).
 
@@ -7,6 +7,8 @@ use std::time::Duration;
 #[cfg(feature = "nats")]
 use planewire::nats::{NatsConfig, NatsLink};
 use planewire::planes::request::ServerLimits;
+#[cfg(feature = "http")]
+use planewire::planes::request::http::{HttpClient, HttpConfig, HttpServer};
 #[cfg(feature = "nats")]
 use planewire::planes::request::nats::{NatsRequestClient, NatsRequestConfig, NatsRequestServer};
 use planewire::tcp::{ServerConfig, TcpClient, TcpConfig, TcpServer};
@@ -45,6 +47,31 @@ pub async fn tcp(options: Options) -> Pair<TcpServer, TcpClient> {
     .await
     .expect("bind on 127.0.0.1");
     let client = TcpClient::new(TcpConfig {
+        request_timeout: options.request_timeout.unwrap_or(config.request_timeout),
+        ..config
+    })
+    .unwrap();
+    Pair {
+        server,
+        client,
+        _keep: Box::new(()),
+    }
+}
+
+/// An HTTP/2 server on 127.0.0.1 with an OS-assigned port, and a client of it.
+#[cfg(feature = "http")]
+pub async fn http(options: Options) -> Pair<HttpServer, HttpClient> {
+    let defaults = HttpConfig::default();
+    let config = HttpConfig {
+        host: Some("127.0.0.1".parse().unwrap()),
+        port: 0,
+        max_message_size: options.message_limit.unwrap_or(defaults.max_message_size),
+        ..defaults
+    };
+    let server = HttpServer::bind(config.clone(), options.limits)
+        .await
+        .expect("bind on 127.0.0.1");
+    let client = HttpClient::new(HttpConfig {
         request_timeout: options.request_timeout.unwrap_or(config.request_timeout),
         ..config
     })

@@ -18,6 +18,7 @@ mod cells;
 mod driver;
 mod error;
 mod events;
+mod http_plane;
 mod latency;
 #[cfg(feature = "nats")]
 mod nats_plane;
@@ -43,6 +44,7 @@ pub use remote::{SERVER_SUBCOMMAND, serve as serve_bench_server};
 pub use report::{CellResult, CpuCost, Mode, Ratios, System, Topology};
 
 use driver::{Caller, Measurement, Timing};
+use http_plane::HttpEcho;
 use plane::{Planewire, PlanewireServer};
 use procfs::Process;
 use raw::{RawClient, RawServer};
@@ -74,6 +76,10 @@ pub struct BenchOptions {
     /// NATS event plane against the nats-server at URL (needs the `nats` feature).
     #[arg(long, value_name = "URL")]
     pub nats: Option<String>,
+    /// Also measure this request plane beside TCP: `http` (HTTP/2; 64 B unary at
+    /// concurrency 1 and 64, 64 KiB, 16 streamed responses), its server beside the TCP one.
+    #[arg(long, value_enum, value_name = "PLANE")]
+    pub plane: Option<ExtraPlane>,
     /// Run the servers on this process's runtime, beside the clients, instead of in a
     /// server process of their own.
     #[arg(long)]
@@ -83,11 +89,18 @@ pub struct BenchOptions {
     pub server_exe: Option<PathBuf>,
 }
 
+/// A request plane `--plane` adds beside TCP (NATS is `--nats URL`: it needs a server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExtraPlane {
+    Http,
+}
+
 /// Where the servers run, and how to reach them.
 enum Servers {
     InProcess {
         plane: PlanewireServer,
         raw: RawServer,
+        http: HttpEcho,
     },
     TwoProcess(ServerProcess),
 }
@@ -95,9 +108,11 @@ enum Servers {
 impl Servers {
     async fn start(options: &BenchOptions) -> Result<Self, BenchError> {
         if options.in_process {
+            let counts = cells::response_counts();
             return Ok(Self::InProcess {
-                plane: PlanewireServer::start(cells::response_counts()).await?,
+                plane: PlanewireServer::start(counts.iter().copied()).await?,
                 raw: RawServer::start().await?,
+                http: HttpEcho::start(&counts).await?,
             });
         }
         let exe = match &options.server_exe {
@@ -116,11 +131,14 @@ impl Servers {
         }
     }
 
-    /// The planewire server's and the floor's addresses.
-    fn addresses(&self) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    /// The planewire server's and the floor's addresses, and the HTTP/2 server's when
+    /// there is one.
+    fn addresses(&self) -> (std::net::SocketAddr, std::net::SocketAddr, Option<String>) {
         match self {
-            Self::InProcess { plane, raw } => (plane.address(), raw.address()),
-            Self::TwoProcess(process) => (process.planewire, process.raw),
+            Self::InProcess { plane, raw, http } => {
+                (plane.address(), raw.address(), http.address())
+            }
+            Self::TwoProcess(process) => (process.planewire, process.raw, process.http.clone()),
         }
     }
 
@@ -138,8 +156,9 @@ impl Servers {
 
     async fn stop(self) {
         match self {
-            Self::InProcess { plane, raw } => {
+            Self::InProcess { plane, raw, http } => {
                 drop(raw);
+                http.shutdown().await;
                 plane.shutdown().await;
             }
             Self::TwoProcess(process) => process.stop().await,
@@ -160,7 +179,7 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
     let timing = cells::timing(options.quick);
     let servers = Servers::start(options).await?;
     let topology = servers.topology();
-    let (plane_address, raw_address) = servers.addresses();
+    let (plane_address, raw_address, http_address) = servers.addresses();
     let sides = servers.processes();
     let plane = Planewire::connect(plane_address)?;
     let raw = RawClient {
@@ -183,7 +202,11 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
             runs.extend(cell_runs.await?);
         }
         if let Some(url) = &options.nats {
-            runs.extend(nats_cells(url, &raw, sides, timing, &progress).await?);
+            runs.extend(nats_cells(url, (&raw, sides, timing), &progress).await?);
+        }
+        if options.plane == Some(ExtraPlane::Http) {
+            let measure = (&raw, sides, timing);
+            runs.extend(http_cells(http_address.as_deref(), measure, &progress).await?);
         }
         Ok::<_, BenchError>(())
     }
@@ -208,7 +231,7 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
     );
     let results: Vec<CellResult> = runs.iter().map(|r| r.result.clone()).collect();
     println!("{}", report::table(&results, options.open_load, topology));
-    if let Some(line) = report::nats_versus_tcp(&results) {
+    for line in report::planes_versus_tcp(&results) {
         println!("{line}");
     }
     println!(
@@ -225,62 +248,124 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
     Ok(results)
 }
 
-/// The NATS request plane's cells, each beside a floor run of its own.
+/// Cells of a plane measured beside TCP, each a closed loop taken by turns with the floor.
+/// `callers(payload, responses, concurrency)` makes the plane's callers.
+#[cfg(any(feature = "nats", feature = "http"))]
+async fn plane_cells<C: Caller + Clone>(
+    system: System,
+    cells: &[Cell],
+    callers: impl Fn(&Bytes, usize, usize) -> Vec<C>,
+    (raw, sides, timing): (&RawClient, Sides, Timing),
+    progress: &ProgressBar,
+) -> Result<Vec<Run>, BenchError> {
+    progress.inc_length(2 * cells.len() as u64);
+    let mut runs = Vec::new();
+    for cell in cells {
+        let size = cells::size_label(cell.payload);
+        progress.set_message(format!(
+            "{system:?} {size} c={} ×{}",
+            cell.concurrency, cell.responses
+        ));
+        let payload = Bytes::from(vec![b'x'; cell.payload]);
+        let callers = callers(&payload, cell.responses, cell.concurrency);
+        let turns = closed_by_turns(cell, raw, &callers, sides, timing).await?;
+        progress.inc(2);
+        let floor = Run::new(System::RawTcp, cell, Mode::Closed, None, turns.floor)
+            .with_cpu(turns.floor_cpu);
+        let run = Run::new(system, cell, Mode::Closed, None, turns.system)
+            .with_cpu(turns.system_cpu)
+            .compared_to(&floor);
+        runs.extend([floor, run]);
+    }
+    Ok(runs)
+}
+
+/// A unary cell of `payload` bytes at `concurrency`.
+#[cfg(any(feature = "nats", feature = "http"))]
+fn unary_cell(payload: usize, concurrency: usize) -> Cell {
+    Cell {
+        payload,
+        concurrency,
+        responses: 1,
+        track_rss: false,
+    }
+}
+
+/// The NATS request plane's cells: 64 B unary at concurrency 1 and 64.
 #[cfg(feature = "nats")]
 async fn nats_cells(
     url: &str,
-    raw: &RawClient,
-    sides: Sides,
-    timing: Timing,
+    measure: (&RawClient, Sides, Timing),
     progress: &ProgressBar,
 ) -> Result<Vec<Run>, BenchError> {
     let nats = nats_plane::NatsPlane::start(url).await?;
-    progress.inc_length(4);
-    let payload = Bytes::from(vec![b'x'; 64]);
-    let mut runs = Vec::new();
-    for concurrency in [1, 64] {
-        let cell = Cell {
-            payload: payload.len(),
-            concurrency,
-            responses: 1,
-            track_rss: false,
-        };
-        progress.set_message(format!("planewire nats 64 B c={concurrency}"));
-        let callers = nats.callers(&payload, concurrency);
-        // The NATS plane's server side is in this process whatever the topology.
-        let sides = Sides {
-            server: None,
-            ..sides
-        };
-        let turns = closed_by_turns(&cell, raw, &callers, sides, timing).await?;
-        progress.inc(2);
-        let floor = Run::new(System::RawTcp, &cell, Mode::Closed, None, turns.floor)
-            .with_cpu(turns.floor_cpu);
-        let run = Run::new(
-            System::PlanewireNats,
-            &cell,
-            Mode::Closed,
-            None,
-            turns.system,
-        )
-        .with_cpu(turns.system_cpu)
-        .compared_to(&floor);
-        runs.extend([floor, run]);
-    }
+    let (raw, sides, timing) = measure;
+    // The NATS plane's server side is in this process whatever the topology.
+    let sides = Sides {
+        server: None,
+        ..sides
+    };
+    let cells = [unary_cell(64, 1), unary_cell(64, 64)];
+    let callers =
+        |payload: &Bytes, _responses: usize, concurrency: usize| nats.callers(payload, concurrency);
+    let runs = plane_cells(
+        System::PlanewireNats,
+        &cells,
+        callers,
+        (raw, sides, timing),
+        progress,
+    )
+    .await;
     nats.shutdown().await;
-    Ok(runs)
+    runs
 }
 
 #[cfg(not(feature = "nats"))]
 async fn nats_cells(
     _url: &str,
-    _raw: &RawClient,
-    _sides: Sides,
-    _timing: Timing,
+    _measure: (&RawClient, Sides, Timing),
     _progress: &ProgressBar,
 ) -> Result<Vec<Run>, BenchError> {
     Err(BenchError::Worker(
         "--nats needs a build with the `nats` cargo feature (--features nats)".into(),
+    ))
+}
+
+/// The HTTP/2 request plane's cells, its server beside the TCP one: 64 B unary at
+/// concurrency 1 and 64, 64 KiB at 1, and 16 streamed responses of 64 B.
+#[cfg(feature = "http")]
+async fn http_cells(
+    address: Option<&str>,
+    measure: (&RawClient, Sides, Timing),
+    progress: &ProgressBar,
+) -> Result<Vec<Run>, BenchError> {
+    let address = address
+        .ok_or_else(|| BenchError::Worker("the server process serves no HTTP/2 endpoint".into()))?;
+    let http = http_plane::HttpPlane::connect(address)?;
+    let streamed = Cell {
+        responses: 16,
+        ..unary_cell(64, 1)
+    };
+    let cells = [
+        unary_cell(64, 1),
+        unary_cell(64, 64),
+        unary_cell(64 * 1024, 1),
+        streamed,
+    ];
+    let callers = |payload: &Bytes, responses: usize, concurrency: usize| {
+        http.callers(payload, responses, concurrency)
+    };
+    plane_cells(System::PlanewireHttp, &cells, callers, measure, progress).await
+}
+
+#[cfg(not(feature = "http"))]
+async fn http_cells(
+    _address: Option<&str>,
+    _measure: (&RawClient, Sides, Timing),
+    _progress: &ProgressBar,
+) -> Result<Vec<Run>, BenchError> {
+    Err(BenchError::Worker(
+        "--plane http needs a build with the `http` cargo feature (--features http)".into(),
     ))
 }
 

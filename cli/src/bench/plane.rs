@@ -27,7 +27,7 @@ fn tcp_config() -> TcpConfig {
 }
 
 /// The endpoint that answers each request with `responses` copies of its payload.
-fn echo_path(responses: usize) -> EndpointPath {
+pub(super) fn echo_path(responses: usize) -> EndpointPath {
     let name = match responses {
         1 => "unary".to_owned(),
         k => format!("stream{k}"),

@@ -100,6 +100,7 @@ fn draw_panel<'a>(area: &Area<'a>, pair: &[Run]) -> DrawResult<'a> {
         let (color, name) = match system {
             System::Planewire => (PLANEWIRE, "planewire"),
             System::PlanewireNats => (PLANEWIRE, "planewire over NATS"),
+            System::PlanewireHttp => (PLANEWIRE, "planewire over HTTP/2"),
             System::RawTcp => (FLOOR, "raw TCP floor"),
         };
         chart

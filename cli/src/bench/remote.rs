@@ -1,6 +1,7 @@
 //! The benchmark's server side in a process of its own, the topology users run: the
 //! measuring process starts `planewire bench-server`, which serves the planewire echo
-//! endpoints and the raw floor and prints their addresses, and stops it by its PID.
+//! endpoints (TCP, and HTTP/2 in a build with `http`) and the raw floor and prints their
+//! addresses, and stops it by its PID.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,6 +14,7 @@ use tokio::process::{Child, Command};
 
 use super::BenchError;
 use super::cells;
+use super::http_plane::HttpEcho;
 use super::plane::PlanewireServer;
 use super::raw::RawServer;
 
@@ -26,6 +28,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 struct Addresses {
     planewire: SocketAddr,
     raw: SocketAddr,
+    /// The HTTP/2 server's, `host:port/root`, in a build with the `http` feature.
+    http: Option<String>,
 }
 
 /// A running `bench-server`; killed if dropped without [`stop`](Self::stop).
@@ -34,6 +38,7 @@ pub(crate) struct ServerProcess {
     pid: u32,
     pub planewire: SocketAddr,
     pub raw: SocketAddr,
+    pub http: Option<String>,
 }
 
 impl ServerProcess {
@@ -74,6 +79,7 @@ impl ServerProcess {
             pid,
             planewire: addresses.planewire,
             raw: addresses.raw,
+            http: addresses.http,
         })
     }
 
@@ -106,15 +112,18 @@ impl ServerProcess {
 /// `planewire bench-server`: the planewire echo server and the raw floor on 127.0.0.1,
 /// their addresses as one JSON line on stdout, until SIGTERM or stdin closes.
 pub async fn serve() -> Result<(), BenchError> {
-    let plane = PlanewireServer::start(cells::response_counts()).await?;
+    let counts = cells::response_counts();
+    let plane = PlanewireServer::start(counts.iter().copied()).await?;
     let raw = RawServer::start().await?;
+    let http = HttpEcho::start(&counts).await?;
     let addresses = Addresses {
         planewire: plane.address(),
         raw: raw.address(),
+        http: http.address(),
     };
     println!(
         "{}",
-        serde_json::to_string(&addresses).expect("two addresses serialize")
+        serde_json::to_string(&addresses).expect("addresses serialize")
     );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(BenchError::io("installing the SIGTERM handler"))?;
@@ -132,6 +141,7 @@ pub async fn serve() -> Result<(), BenchError> {
         _ = stdin_closed => {}
     }
     drop(raw);
+    http.shutdown().await;
     plane.shutdown().await;
     Ok(())
 }

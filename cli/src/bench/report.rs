@@ -20,6 +20,8 @@ pub enum System {
     Planewire,
     /// The NATS request plane (`bench --nats URL`).
     PlanewireNats,
+    /// The HTTP/2 request plane (`bench --plane http`).
+    PlanewireHttp,
     /// The raw tokio TCP echo measured in the same run.
     RawTcp,
 }
@@ -214,6 +216,7 @@ pub(crate) fn table(results: &[CellResult], open_load: f64, topology: Topology) 
         let system = match r.system {
             System::Planewire => "planewire",
             System::PlanewireNats => "pw NATS",
+            System::PlanewireHttp => "pw HTTP/2",
             System::RawTcp => "raw TCP",
         };
         let ratio = |f: fn(&Ratios) -> f64| {
@@ -289,34 +292,45 @@ fn micros(us: f64) -> String {
     }
 }
 
-/// `NATS ÷ TCP …` for every NATS cell that has a closed-loop TCP twin.
-pub(crate) fn nats_versus_tcp(results: &[CellResult]) -> Option<String> {
-    let parts: Vec<String> = results
-        .iter()
-        .filter(|r| r.system == System::PlanewireNats)
-        .filter_map(|nats| {
-            let tcp = results.iter().find(|r| {
-                r.system == System::Planewire
-                    && r.mode == Mode::Closed
-                    && (r.payload, r.concurrency, r.responses)
-                        == (nats.payload, nats.concurrency, nats.responses)
-            })?;
-            Some(format!(
-                "{} c={}: p50 {:.2}×, p99 {:.2}×, rps {:.2}×",
-                size_label(nats.payload),
-                nats.concurrency,
-                nats.latency_us.p50 / tcp.latency_us.p50,
-                nats.latency_us.p99 / tcp.latency_us.p99,
-                nats.rps / tcp.rps
-            ))
+/// One line per plane measured beside TCP: its figures divided by the TCP plane's in
+/// the same cells (closed loops).
+pub(crate) fn planes_versus_tcp(results: &[CellResult]) -> Vec<String> {
+    let planes = [
+        (System::PlanewireNats, "NATS"),
+        (System::PlanewireHttp, "HTTP/2"),
+    ];
+    planes
+        .into_iter()
+        .filter_map(|(system, name)| {
+            let parts: Vec<String> = results
+                .iter()
+                .filter(|r| r.system == system)
+                .filter_map(|other| {
+                    let tcp = results.iter().find(|r| {
+                        r.system == System::Planewire
+                            && r.mode == Mode::Closed
+                            && (r.payload, r.concurrency, r.responses)
+                                == (other.payload, other.concurrency, other.responses)
+                    })?;
+                    Some(format!(
+                        "{} c={} ×{}: p50 {:.2}×, p99 {:.2}×, rps {:.2}×",
+                        size_label(other.payload),
+                        other.concurrency,
+                        other.responses,
+                        other.latency_us.p50 / tcp.latency_us.p50,
+                        other.latency_us.p99 / tcp.latency_us.p99,
+                        other.rps / tcp.rps
+                    ))
+                })
+                .collect();
+            (!parts.is_empty()).then(|| {
+                format!(
+                    "{name} request plane ÷ TCP request plane: {}",
+                    parts.join("; ")
+                )
+            })
         })
-        .collect();
-    (!parts.is_empty()).then(|| {
-        format!(
-            "NATS request plane ÷ TCP request plane: {}",
-            parts.join("; ")
-        )
-    })
+        .collect()
 }
 
 /// `24k/s` style rates, so the mode column stays narrow.

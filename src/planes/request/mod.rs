@@ -7,8 +7,8 @@
 //!   plane-neutral `DYN_REQUEST_TIMEOUT`. The words they use (paths, headers, error
 //!   codes) are [`crate::vocab`]'s.
 //! - **Planes**, each implementing the traits and nothing more: TCP (the core, in
-//!   [`crate::tcp`] and [`crate::pool`]), [`nats`] (feature `nats`). No plane imports
-//!   another.
+//!   [`crate::tcp`] and [`crate::pool`]), [`nats`] (feature `nats`), [`http`] (HTTP/2,
+//!   feature `http`). No plane imports another.
 //! - **Dispatch**: [`RequestPlaneKind`] (`DYN_REQUEST_PLANE`), [`RequestPlaneConfig`],
 //!   and one client ([`PlaneClient`]), server ([`PlaneServer`]) and response stream
 //!   ([`Responses`]) over whichever planes the build has. Every `cfg(feature)` that
@@ -20,13 +20,16 @@
 //!
 //! # Cancel safety
 //! Dropping a response stream before its end cancels the request on the server: TCP
-//! sends a CANCEL frame, NATS publishes to the endpoint's cancel subject. Either way the handler's [`CancellationToken`] fires and its response
+//! sends a CANCEL frame, NATS publishes to the endpoint's cancel subject, HTTP/2 resets
+//! the stream. Either way the handler's [`CancellationToken`] fires and its response
 //! stream is dropped.
 
 mod dispatch;
 mod endpoints;
 mod error;
 mod handler;
+#[cfg(feature = "http")]
+pub mod http;
 mod limits;
 #[cfg(feature = "nats")]
 pub mod nats;

@@ -11,6 +11,8 @@ use futures::{Stream, StreamExt};
 use super::config::RequestPlaneConfig;
 use super::kind::RequestPlaneKind;
 use crate::nats::NatsLink;
+#[cfg(feature = "http")]
+use crate::planes::request::http::{HttpClient, HttpResponses};
 #[cfg(feature = "nats")]
 use crate::planes::request::nats::{NatsRequestClient, NatsResponses};
 use crate::planes::request::{Request, RequestError, RequestPlaneClient, StartError};
@@ -22,6 +24,8 @@ pub enum Responses {
     Tcp(ResponseStream),
     #[cfg(feature = "nats")]
     Nats(NatsResponses),
+    #[cfg(feature = "http")]
+    Http(HttpResponses),
 }
 
 impl Stream for Responses {
@@ -32,6 +36,8 @@ impl Stream for Responses {
             Self::Tcp(stream) => stream.poll_next_unpin(cx),
             #[cfg(feature = "nats")]
             Self::Nats(stream) => stream.poll_next_unpin(cx),
+            #[cfg(feature = "http")]
+            Self::Http(stream) => stream.poll_next_unpin(cx),
         }
     }
 }
@@ -42,6 +48,8 @@ impl std::fmt::Debug for Responses {
             Self::Tcp(_) => RequestPlaneKind::Tcp,
             #[cfg(feature = "nats")]
             Self::Nats(_) => RequestPlaneKind::Nats,
+            #[cfg(feature = "http")]
+            Self::Http(_) => RequestPlaneKind::Http,
         };
         write!(f, "Responses({plane})")
     }
@@ -49,7 +57,7 @@ impl std::fmt::Debug for Responses {
 
 /// A client of every plane this build has: requests go out over the plane an instance
 /// serves on ([`request_on`](Self::request_on)), or over the configured one through
-/// [`RequestPlaneClient`]. The TCP client connects on demand; the NATS client
+/// [`RequestPlaneClient`]. TCP and HTTP/2 clients connect on demand; the NATS client
 /// needs its connection up front, so it exists only when NATS is the configured plane.
 /// Cheap to clone; clones share connections.
 #[derive(Clone)]
@@ -58,6 +66,8 @@ pub struct PlaneClient {
     tcp: Arc<TcpClient>,
     #[cfg(feature = "nats")]
     nats: Option<NatsRequestClient>,
+    #[cfg(feature = "http")]
+    http: Option<HttpClient>,
 }
 
 impl PlaneClient {
@@ -83,6 +93,8 @@ impl PlaneClient {
             tcp: Arc::new(TcpClient::new(config.tcp.clone())?),
             #[cfg(feature = "nats")]
             nats,
+            #[cfg(feature = "http")]
+            http: Some(HttpClient::new(config.http.clone())?),
         })
     }
 
@@ -94,6 +106,8 @@ impl PlaneClient {
             tcp,
             #[cfg(feature = "nats")]
             nats: None,
+            #[cfg(feature = "http")]
+            http: None,
         }
     }
 
@@ -119,10 +133,18 @@ impl PlaneClient {
                     hint: "connect with DYN_REQUEST_PLANE=nats (and NATS_SERVER)",
                 }),
             },
+            #[cfg(feature = "http")]
+            RequestPlaneKind::Http => match &self.http {
+                Some(http) => http.call(address, request).await.map(Responses::Http),
+                None => Err(RequestError::PlaneUnavailable {
+                    plane: plane.to_string(),
+                    hint: "this client was made for TCP alone (PlaneClient::tcp)",
+                }),
+            },
             #[allow(unreachable_patterns)]
             other => Err(RequestError::PlaneUnavailable {
                 plane: other.to_string(),
-                hint: "this build lacks its cargo feature (rebuild with --features nats)",
+                hint: "this build lacks its cargo feature (rebuild with --features nats or http)",
             }),
         }
     }
@@ -130,6 +152,10 @@ impl PlaneClient {
     /// Closes every pooled connection once the requests still running on it end.
     pub fn close_connections(&self) {
         self.tcp.close_connections();
+        #[cfg(feature = "http")]
+        if let Some(http) = &self.http {
+            http.close_connections();
+        }
     }
 }
 

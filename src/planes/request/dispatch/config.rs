@@ -4,6 +4,8 @@ use std::ffi::OsString;
 
 use super::kind::{ENV_REQUEST_PLANE, RequestPlaneKind};
 use crate::config::{ConfigError, Env};
+#[cfg(feature = "http")]
+use crate::planes::request::http::HttpConfig;
 #[cfg(feature = "nats")]
 use crate::planes::request::nats::NatsRequestConfig;
 use crate::tcp::TcpConfig;
@@ -19,6 +21,9 @@ pub struct RequestPlaneConfig {
     /// `DYN_REQUEST_TIMEOUT` for NATS (the connection is [`NatsConfig`](crate::nats::NatsConfig)'s).
     #[cfg(feature = "nats")]
     pub nats: NatsRequestConfig,
+    /// `DYN_HTTP_RPC_*`, `DYN_HTTP2_*`, `DYN_HTTP_MAX_MESSAGE_SIZE`, `DYN_REQUEST_TIMEOUT`.
+    #[cfg(feature = "http")]
+    pub http: HttpConfig,
 }
 
 impl RequestPlaneConfig {
@@ -39,6 +44,8 @@ impl RequestPlaneConfig {
             tcp: TcpConfig::read(env)?,
             #[cfg(feature = "nats")]
             nats: NatsRequestConfig::read(env)?,
+            #[cfg(feature = "http")]
+            http: HttpConfig::read(env)?,
         })
     }
 
@@ -52,6 +59,8 @@ impl RequestPlaneConfig {
             tcp: self.tcp.validate()?,
             #[cfg(feature = "nats")]
             nats: self.nats.validate()?,
+            #[cfg(feature = "http")]
+            http: self.http.validate()?,
         })
     }
 }

@@ -17,10 +17,12 @@ pub enum RequestPlaneKind {
     Tcp,
     /// Feature `nats`.
     Nats,
+    /// HTTP/2, feature `http`.
+    Http,
 }
 
 impl RequestPlaneKind {
-    pub const ALL: [Self; 2] = [Self::Tcp, Self::Nats];
+    pub const ALL: [Self; 3] = [Self::Tcp, Self::Nats, Self::Http];
 
     /// The name in `DYN_REQUEST_PLANE` and the `type` tag of a discovery record's
     /// transport.
@@ -28,6 +30,7 @@ impl RequestPlaneKind {
         match self {
             Self::Tcp => "tcp",
             Self::Nats => "nats",
+            Self::Http => "http",
         }
     }
 
@@ -41,6 +44,7 @@ impl RequestPlaneKind {
         match self {
             Self::Tcp => true,
             Self::Nats => cfg!(feature = "nats"),
+            Self::Http => cfg!(feature = "http"),
         }
     }
 
@@ -83,7 +87,7 @@ impl FromStr for RequestPlaneKind {
             None => Err(ConfigError::invalid(
                 ENV_REQUEST_PLANE,
                 s,
-                "one of: tcp, nats",
+                "one of: tcp, nats, http",
             )),
         }
     }
@@ -112,12 +116,15 @@ mod tests {
             text.contains("DYN_REQUEST_PLANE") && text.contains("grpc"),
             "{text}"
         );
-        assert!(text.contains("tcp, nats"), "{text}");
+        assert!(text.contains("tcp, nats, http"), "{text}");
     }
 
     #[test]
     fn a_plane_not_built_names_its_feature() {
-        for (name, built) in [("Nats", cfg!(feature = "nats"))] {
+        for (name, built) in [
+            ("Nats", cfg!(feature = "nats")),
+            ("HTTP", cfg!(feature = "http")),
+        ] {
             match name.parse::<RequestPlaneKind>() {
                 Ok(kind) => assert!(built && kind.as_str() == name.to_ascii_lowercase()),
                 Err(err) => {

@@ -3,6 +3,8 @@
 use super::config::RequestPlaneConfig;
 use super::kind::RequestPlaneKind;
 use crate::nats::NatsLink;
+#[cfg(feature = "http")]
+use crate::planes::request::http::HttpServer;
 #[cfg(feature = "nats")]
 use crate::planes::request::nats::NatsRequestServer;
 use crate::planes::request::{
@@ -17,10 +19,12 @@ pub enum PlaneServer {
     Tcp(TcpServer),
     #[cfg(feature = "nats")]
     Nats(NatsRequestServer),
+    #[cfg(feature = "http")]
+    Http(HttpServer),
 }
 
 impl PlaneServer {
-    /// Binds (TCP) or subscribes (NATS, on `nats`'s connection) with `config`'s
+    /// Binds (TCP, HTTP/2) or subscribes (NATS, on `nats`'s connection) with `config`'s
     /// settings and `limits`.
     pub async fn start(
         config: &RequestPlaneConfig,
@@ -51,6 +55,11 @@ impl PlaneServer {
                     NatsRequestServer::new(connection, limits).await?,
                 ))
             }
+            #[cfg(feature = "http")]
+            RequestPlaneKind::Http => HttpServer::bind(config.http, limits)
+                .await
+                .map(Self::Http)
+                .map_err(|err| StartError::plane(plane.as_str(), err)),
             #[allow(unreachable_patterns)]
             other => {
                 let _ = nats;
@@ -65,6 +74,8 @@ impl PlaneServer {
             Self::Tcp(_) => RequestPlaneKind::Tcp,
             #[cfg(feature = "nats")]
             Self::Nats(_) => RequestPlaneKind::Nats,
+            #[cfg(feature = "http")]
+            Self::Http(_) => RequestPlaneKind::Http,
         }
     }
 }
@@ -79,6 +90,8 @@ impl RequestPlaneServer for PlaneServer {
             Self::Tcp(server) => server.register(path, handler).await,
             #[cfg(feature = "nats")]
             Self::Nats(server) => server.register(path, handler).await,
+            #[cfg(feature = "http")]
+            Self::Http(server) => server.register(path, handler).await,
         }
     }
 
@@ -87,6 +100,8 @@ impl RequestPlaneServer for PlaneServer {
             Self::Tcp(server) => server.unregister(path),
             #[cfg(feature = "nats")]
             Self::Nats(server) => server.unregister(path),
+            #[cfg(feature = "http")]
+            Self::Http(server) => server.unregister(path),
         }
     }
 
@@ -95,6 +110,8 @@ impl RequestPlaneServer for PlaneServer {
             Self::Tcp(server) => server.address(path),
             #[cfg(feature = "nats")]
             Self::Nats(server) => server.address(path),
+            #[cfg(feature = "http")]
+            Self::Http(server) => server.address(path),
         }
     }
 
@@ -103,6 +120,8 @@ impl RequestPlaneServer for PlaneServer {
             Self::Tcp(server) => server.shutdown().await,
             #[cfg(feature = "nats")]
             Self::Nats(server) => server.shutdown().await,
+            #[cfg(feature = "http")]
+            Self::Http(server) => server.shutdown().await,
         }
     }
 }
