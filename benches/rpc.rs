@@ -7,10 +7,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use planewire::codec::Utf8Bytes;
-use planewire::config::TcpConfig;
-use planewire::planes::{
+use planewire::planes::request::{
     EndpointPath, Request, RequestPlaneClient, RequestPlaneServer, unary_handler,
 };
+use planewire::tcp::TcpConfig;
 use planewire::tcp::{ServerConfig, TcpClient, TcpServer};
 
 fn unary_round_trip(c: &mut Criterion) {

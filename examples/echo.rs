@@ -6,10 +6,10 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
-use planewire::config::TcpConfig;
-use planewire::planes::{
+use planewire::planes::request::{
     EndpointPath, HandlerError, Request, RequestPlaneClient, RequestPlaneServer, unary_handler,
 };
+use planewire::tcp::TcpConfig;
 use planewire::tcp::{ServerConfig, TcpClient, TcpServer};
 use tokio_util::sync::CancellationToken;
 

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use planewire::planes::discovery::EndpointClientConfig;
+use planewire::planes::routing::EndpointClientConfig;
 use planewire::runtime::Runtime;
 
 #[tokio::main]

@@ -14,10 +14,9 @@
 use std::io::Write;
 
 use bytes::Bytes;
-use planewire::config::RequestPlaneConfig;
 use planewire::planes::discovery::{Discovery, DiscoveryConfig, Transport};
-use planewire::planes::{EndpointPath, Request, RequestPlaneServer, unary_handler};
-use planewire::tcp::{ServerConfig, TcpServer};
+use planewire::planes::request::{EndpointPath, Request, RequestPlaneServer, unary_handler};
+use planewire::tcp::{ServerConfig, TcpConfig, TcpServer};
 
 const USAGE: &str = "usage: register NAMESPACE/COMPONENT/ENDPOINT [INSTANCE_ID_HEX]";
 
@@ -33,7 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = EndpointPath::parse(&spec, instance_id)?;
 
     let server = TcpServer::bind(ServerConfig {
-        tcp: RequestPlaneConfig::from_env()?.tcp,
+        tcp: TcpConfig::from_env()?,
         ..ServerConfig::default()
     })
     .await?;
@@ -50,7 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let discovery = Discovery::connect(&DiscoveryConfig::from_env()?).await?;
     let registration = discovery
-        .register(&path, Transport::tcp(server.address(&path)))
+        .register(&path, Transport::new("tcp", server.address(&path)))
         .await?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", serde_json::to_string(registration.record())?)?;

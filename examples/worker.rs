@@ -14,7 +14,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
-use planewire::planes::{Request, unary_handler};
+use planewire::planes::request::{Request, unary_handler};
 use planewire::runtime::Runtime;
 
 #[tokio::main]

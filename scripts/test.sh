@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, for a fresh Debian machine with only the Rust toolchain:
-# system packages, rustfmt, clippy, a build without default features, pyzmq in a venv
-# (the ZMQ event plane's libzmq interop tests), the tests (unit, integration and doc tests), a quick run of the latency benchmark and a fuzz smoke
-# run of every codec fuzz target.
+# system packages, rustfmt, clippy, the library without default features (built, and its
+# request-plane suite run on TCP), pyzmq in a venv (the ZMQ event plane's libzmq interop
+# tests), the tests of every workspace package (the library, `cli/`, `testkit/`: unit,
+# integration and doc tests), a quick run of the latency benchmark and a fuzz smoke run
+# of every codec fuzz target.
 #
 # Environment:
 #   CI=true          missing system packages that cannot be installed are an error, and
@@ -180,20 +182,23 @@ section "cargo fmt --check"
 cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
 
-section "cargo clippy (all targets, all features)"
-cargo clippy --all-targets --all-features -- -D warnings
+section "cargo clippy (every package, all targets, all features)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-section "cargo build --no-default-features"
-cargo build --no-default-features
+section "cargo build -p planewire --no-default-features (the library, TCP plane alone)"
+cargo build -p planewire --no-default-features
 
-section "cargo test --all-features (unit, integration and doc tests)"
-cargo test --all-features
+section "cargo test -p planewire --no-default-features (unit tests, the request-plane suite on TCP)"
+cargo test -p planewire --no-default-features --lib --test request_planes
+
+section "cargo test --workspace --all-features (unit, integration and doc tests)"
+cargo test --workspace --all-features
 
 # Timing-heavy, so not part of `cargo test`; run here so the benchmark never rots.
 section "Latency benchmark, quick mode"
 BENCH_OUTPUTS=(target/bench-quick.json target/bench-quick.png)
 rm -f "${BENCH_OUTPUTS[@]}"
-cargo run --release -- bench --quick --json "${BENCH_OUTPUTS[0]}" --plot "${BENCH_OUTPUTS[1]}"
+cargo run --release -- bench --quick --plane http --json "${BENCH_OUTPUTS[0]}" --plot "${BENCH_OUTPUTS[1]}"
 for output in "${BENCH_OUTPUTS[@]}"; do
     if [[ ! -s $output ]]; then
         echo "error: bench --quick did not write $output" >&2

@@ -1,32 +1,42 @@
 //! planewire: the communication planes of a distributed inference runtime.
 //!
-//! - [`codec`]: the wire format, bytes ⇄ frames, no I/O (specified in `PROTOCOL.md`).
-//! - [`tcp`]: the default request plane, a multiplexed framed TCP server and client.
-//! - `nats_request` (feature `nats`): the NATS request plane, same traits as [`tcp`].
-//! - [`pool`]: client connections per remote address.
-//! - [`planes`]: the transport-neutral traits (`RequestPlaneClient`, `RequestPlaneServer`) and
-//!   the discovery plane ([`planes::discovery`]).
-//! - [`config`]: settings and the `DYN_*` environment.
+//! Layers, bottom up (each imports only those before it):
+//! - [`vocab`]: the words every plane shares: endpoint paths, header maps, error codes,
+//!   local-address detection, subject escaping.
+//! - [`config`]: the toolkit every plane's settings are read with (`from_env()`,
+//!   `validate()`), and where each plane's settings live.
+//! - [`codec`]: the TCP wire format, bytes ⇄ frames, no I/O (specified in `PROTOCOL.md`).
+//! - [`planes::request`]: the request plane's neutral traits ([`RequestPlaneClient`],
+//!   [`RequestPlaneServer`], [`Handler`]) and errors; its planes, TCP ([`tcp`] and
+//!   [`pool`]) and NATS (feature `nats`); and the one dispatch over
+//!   them ([`PlaneClient`], [`PlaneServer`], [`Responses`]).
+//! - [`nats`]: the NATS connection the NATS request and event planes share.
+//! - [`planes::discovery`], [`planes::events`]: the discovery and event planes.
+//! - [`planes::routing`]: requests to the instances discovery reports.
 //! - [`runtime`]: the planes of one process built from the environment, and the
 //!   `namespace(…).component(…).endpoint(…)` embedding API.
-//! - `bench` (feature `cli`): the latency benchmark against a raw-TCP floor.
+//!
+//! The `planewire` binary and the latency benchmark are a separate package (`cli/`), so a
+//! project that depends on this library builds none of their dependencies.
 //!
 //! # Cancel safety
-//! Dropping a [`tcp::ResponseStream`] before its end sends a cancel frame; the server's
-//! handler sees its `CancellationToken` fire and its response stream is dropped. On the
-//! NATS request plane, dropping a `NatsResponses` publishes a cancel to the endpoint's
-//! `{subject}.cancel` subject, with the same effect on the server.
+//! Dropping a response stream before its end cancels the request on the server (a CANCEL
+//! frame on TCP, a message to the endpoint's cancel subject on NATS); the handler's [`CancellationToken`] fires and its response stream is dropped.
+//!
+//! [`RequestPlaneClient`]: planes::request::RequestPlaneClient
+//! [`RequestPlaneServer`]: planes::request::RequestPlaneServer
+//! [`Handler`]: planes::request::Handler
+//! [`PlaneClient`]: planes::request::PlaneClient
+//! [`PlaneServer`]: planes::request::PlaneServer
+//! [`Responses`]: planes::request::Responses
+//! [`CancellationToken`]: planes::request::CancellationToken
 
-#[cfg(feature = "cli")]
-pub mod bench;
 pub mod codec;
 pub mod config;
-#[cfg(feature = "nats")]
-mod nats;
-#[cfg(feature = "nats")]
-pub mod nats_request;
+pub mod nats;
 pub mod planes;
 pub mod pool;
 pub mod runtime;
 mod sync;
 pub mod tcp;
+pub mod vocab;

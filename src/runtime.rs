@@ -2,7 +2,7 @@
 //! behind one embedding API.
 //!
 //! ```no_run
-//! use planewire::planes::{Request, unary_handler};
+//! use planewire::planes::request::{Request, unary_handler};
 //! use planewire::runtime::Runtime;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,19 +22,21 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::OnceCell;
 
-use crate::config::{ConfigError, RequestPlaneConfig, RequestPlaneKind};
+use crate::config::{ConfigError, Env};
+use crate::nats::{NatsConfig, NatsLink};
 use crate::planes::discovery::{
-    Discovery, DiscoveryConfig, DiscoveryError, EndpointClient, EndpointClientConfig,
-    RegistrationHandle, Responses, Transport,
+    Discovery, DiscoveryConfig, DiscoveryError, RegistrationHandle, Transport,
 };
 use crate::planes::events::{
     EventError, EventPlane, EventPlaneConfig, EventPublisher, EventScope, Subscription,
 };
-use crate::planes::{
-    EndpointPath, Handler, RegisterError, Request, RequestError, RequestPlaneServer,
+use crate::planes::request::{
+    EndpointPath, Handler, PathError, PlaneClient, PlaneServer, RegisterError, Request,
+    RequestError, RequestPlaneClient, RequestPlaneConfig, RequestPlaneKind, RequestPlaneServer,
+    Responses, ServerLimits, StartError,
 };
+use crate::planes::routing::{EndpointClient, EndpointClientConfig};
 use crate::sync::lock;
-use crate::tcp::{ServerConfig, TcpClient, TcpServer};
 
 /// Why building the runtime, or one of its operations, failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,46 +50,54 @@ pub enum RuntimeError {
     Events(#[from] EventError),
     #[error(transparent)]
     Register(#[from] RegisterError),
-    #[error("cannot start the {plane} request plane: {reason}")]
-    Serve { plane: &'static str, reason: String },
-    /// A server the configuration names did not answer (the message names it and its URL).
-    #[error("{message}")]
-    Unreachable {
-        server: &'static str,
-        message: String,
-    },
+    /// The request plane's server or client could not start; the source says why.
+    #[error(transparent)]
+    RequestPlane(#[from] StartError),
     #[error("the runtime has been shut down")]
     Closed,
+}
+
+impl From<PathError> for RuntimeError {
+    fn from(err: PathError) -> Self {
+        Self::Register(err.into())
+    }
 }
 
 /// Everything a [`Runtime`] is built from; [`RuntimeConfig::from_env`] reads it all.
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeConfig {
-    /// `DYN_REQUEST_PLANE` and the `DYN_TCP_*` settings.
+    /// `DYN_REQUEST_PLANE`, `DYN_REQUEST_TIMEOUT` and each plane's settings.
     pub request: RequestPlaneConfig,
-    /// Server-side limits of the request plane (not in the environment).
-    pub server: ServerConfig,
+    /// Limits of this process's request-plane server (not in the environment).
+    pub server: ServerLimits,
     /// `DYN_DISCOVERY_BACKEND`, `DYN_FILE_KV`, `ETCD_*`, …
     pub discovery: DiscoveryConfig,
-    /// `DYN_EVENT_PLANE`, `NATS_*`, …
+    /// `DYN_EVENT_PLANE`, …
     pub events: EventPlaneConfig,
+    /// `NATS_*`: one connection, shared by the NATS request and event planes.
+    pub nats: NatsConfig,
 }
 
 impl RuntimeConfig {
     /// Reads every plane's variables; the first malformed one is the error.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|var| std::env::var_os(var))
+        Self::read(&Env::process())
     }
 
     /// Like [`from_env`](Self::from_env), reading variables through `lookup`.
     pub fn from_lookup(
         lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Result<Self, ConfigError> {
+        Self::read(&Env::new(&lookup))
+    }
+
+    fn read(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            request: RequestPlaneConfig::from_lookup(&lookup)?,
-            server: ServerConfig::default(),
-            discovery: DiscoveryConfig::from_lookup(&lookup)?,
-            events: EventPlaneConfig::from_lookup(&lookup)?,
+            request: RequestPlaneConfig::read(env)?,
+            server: ServerLimits::default(),
+            discovery: DiscoveryConfig::read(env)?,
+            events: EventPlaneConfig::read(env)?,
+            nats: NatsConfig::read(env)?,
         })
     }
 }
@@ -105,8 +115,8 @@ impl RuntimeBuilder {
         self
     }
 
-    pub fn server(mut self, config: ServerConfig) -> Self {
-        self.config.server = config;
+    pub fn server(mut self, limits: ServerLimits) -> Self {
+        self.config.server = limits;
         self
     }
 
@@ -117,6 +127,11 @@ impl RuntimeBuilder {
 
     pub fn events(mut self, config: EventPlaneConfig) -> Self {
         self.config.events = config;
+        self
+    }
+
+    pub fn nats(mut self, config: NatsConfig) -> Self {
+        self.config.nats = config;
         self
     }
 
@@ -136,67 +151,15 @@ struct Inner {
     config: RuntimeConfig,
     discovery: Discovery,
     events: EventPlane,
-    /// Also for instances other processes serve over TCP when this one is on NATS.
-    tcp_client: Arc<TcpClient>,
-    #[cfg(feature = "nats")]
-    nats: Option<NatsPlane>,
+    nats: NatsLink,
+    /// Reaches instances on every plane this build has (TCP on demand, NATS
+    /// when it is the configured plane).
+    client: PlaneClient,
     /// Started at the first `serve`: a process that only calls needs no listener.
-    server: OnceCell<Server>,
+    server: OnceCell<PlaneServer>,
     /// What this process serves, by path, until `stop` or shutdown.
     served: Mutex<HashMap<String, RegistrationHandle>>,
     closed: std::sync::atomic::AtomicBool,
-}
-
-/// The NATS request plane's connection and client (`DYN_REQUEST_PLANE=nats`).
-#[cfg(feature = "nats")]
-struct NatsPlane {
-    connection: async_nats::Client,
-    client: Arc<crate::nats_request::NatsRequestClient>,
-}
-
-/// This process's request-plane server.
-enum Server {
-    Tcp(TcpServer),
-    #[cfg(feature = "nats")]
-    Nats(crate::nats_request::NatsRequestServer),
-}
-
-impl Server {
-    async fn register(
-        &self,
-        path: &EndpointPath,
-        handler: impl Handler,
-    ) -> Result<(), RegisterError> {
-        match self {
-            Self::Tcp(server) => server.register(path, handler).await,
-            #[cfg(feature = "nats")]
-            Self::Nats(server) => server.register(path, handler).await,
-        }
-    }
-
-    fn unregister(&self, path: &EndpointPath) -> bool {
-        match self {
-            Self::Tcp(server) => server.unregister(path),
-            #[cfg(feature = "nats")]
-            Self::Nats(server) => server.unregister(path),
-        }
-    }
-
-    fn transport(&self, path: &EndpointPath) -> Transport {
-        match self {
-            Self::Tcp(server) => Transport::tcp(server.address(path)),
-            #[cfg(feature = "nats")]
-            Self::Nats(server) => Transport::nats(server.address(path)),
-        }
-    }
-
-    async fn shutdown(&self) {
-        match self {
-            Self::Tcp(server) => server.shutdown().await,
-            #[cfg(feature = "nats")]
-            Self::Nats(server) => server.shutdown().await,
-        }
-    }
 }
 
 impl Runtime {
@@ -215,38 +178,18 @@ impl Runtime {
     }
 
     async fn start(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let tcp = config.request.tcp.clone().validate()?;
-        #[cfg(feature = "nats")]
-        let nats = match config.request.plane {
-            RequestPlaneKind::Nats => Some(NatsPlane::connect(&config).await?),
-            RequestPlaneKind::Tcp => None,
-        };
-        #[cfg(not(feature = "nats"))]
-        if config.request.plane == RequestPlaneKind::Nats {
-            return Err(crate::config::feature_not_built(
-                crate::config::ENV_REQUEST_PLANE,
-                "nats",
-                "tcp",
-            )
-            .into());
-        }
+        let nats = NatsLink::new(config.nats.clone().validate()?);
+        // The request plane first: on NATS it makes the connection the events then share.
+        let client = PlaneClient::connect(&config.request, &nats).await?;
         let discovery = Discovery::connect(&config.discovery).await?;
-        // One NATS connection per process when both planes use it.
-        let events = EventPlane::connect_sharing(
-            &config.events,
-            &discovery,
-            #[cfg(feature = "nats")]
-            nats.as_ref().map(|n| n.connection.clone()),
-        )
-        .await?;
+        let events = EventPlane::connect(&config.events, &discovery, &nats).await?;
         Ok(Self {
             inner: Arc::new(Inner {
-                tcp_client: Arc::new(TcpClient::new(tcp)?),
-                #[cfg(feature = "nats")]
-                nats,
                 config,
                 discovery,
                 events,
+                nats,
+                client,
                 server: OnceCell::new(),
                 served: Mutex::default(),
                 closed: Default::default(),
@@ -262,7 +205,12 @@ impl Runtime {
     }
 
     pub fn request_plane(&self) -> RequestPlaneKind {
-        self.inner.config.request.plane
+        self.inner.client.plane()
+    }
+
+    /// The client routed calls use, for any plane.
+    pub fn client(&self) -> &PlaneClient {
+        &self.inner.client
     }
 
     pub fn discovery(&self) -> &Discovery {
@@ -273,27 +221,14 @@ impl Runtime {
         &self.inner.events
     }
 
-    /// Sends `request` straight to `address` (`host:port` on TCP, a subject on NATS) on
-    /// this runtime's request plane, bypassing discovery.
+    /// Sends `request` straight to `address` (`host:port` on TCP, a subject
+    /// on NATS) on this runtime's request plane, bypassing discovery.
     pub async fn request(
         &self,
         address: &str,
         request: Request,
     ) -> Result<Responses, RequestError> {
-        #[cfg(feature = "nats")]
-        if let Some(nats) = &self.inner.nats {
-            use crate::planes::RequestPlaneClient;
-            return nats
-                .client
-                .request(address, request)
-                .await
-                .map(Responses::Nats);
-        }
-        self.inner
-            .tcp_client
-            .call(address, request)
-            .await
-            .map(Responses::Tcp)
+        self.inner.client.request(address, request).await
     }
 
     /// Deregisters everything this process registered (endpoints, event publishers),
@@ -312,14 +247,9 @@ impl Runtime {
         if let Some(server) = inner.server.get() {
             server.shutdown().await;
         }
-        inner.tcp_client.close_connections();
-        #[cfg(feature = "nats")]
-        if let Some(nats) = &inner.nats {
-            // What the handlers answered while draining is on the wire before we return.
-            if let Err(err) = nats.connection.flush().await {
-                tracing::warn!(%err, "flushing the NATS connection at shutdown");
-            }
-        }
+        inner.client.close_connections();
+        // What the handlers answered while draining is on the wire before we return.
+        inner.nats.flush().await;
     }
 
     fn check_open(&self) -> Result<(), RuntimeError> {
@@ -329,43 +259,10 @@ impl Runtime {
         Ok(())
     }
 
-    async fn server(&self) -> Result<&Server, RuntimeError> {
-        self.inner
-            .server
-            .get_or_try_init(|| self.start_server())
-            .await
-    }
-
-    async fn start_server(&self) -> Result<Server, RuntimeError> {
-        let config = &self.inner.config;
-        #[cfg(feature = "nats")]
-        if let Some(nats) = &self.inner.nats {
-            let server_config = crate::nats_request::NatsServerConfig {
-                max_concurrent_requests: config.server.max_concurrent_requests,
-                drain_timeout: config.server.drain_timeout,
-            };
-            return crate::nats_request::NatsRequestServer::new(
-                nats.connection.clone(),
-                server_config,
-            )
-            .await
-            .map(Server::Nats)
-            .map_err(|err| RuntimeError::Serve {
-                plane: "nats",
-                reason: err.to_string(),
-            });
-        }
-        let server_config = ServerConfig {
-            tcp: config.request.tcp.clone(),
-            ..config.server.clone()
-        };
-        TcpServer::bind(server_config)
-            .await
-            .map(Server::Tcp)
-            .map_err(|err| RuntimeError::Serve {
-                plane: "tcp",
-                reason: err.to_string(),
-            })
+    async fn server(&self) -> Result<&PlaneServer, RuntimeError> {
+        let inner = &self.inner;
+        let start = || PlaneServer::start(&inner.config.request, &inner.config.server, &inner.nats);
+        Ok(inner.server.get_or_try_init(start).await?)
     }
 }
 
@@ -466,7 +363,7 @@ impl Endpoint {
         )?;
         let server = runtime.server().await?;
         server.register(&path, handler).await?;
-        let transport = server.transport(&path);
+        let transport = Transport::new(server.plane().as_str(), server.address(&path));
         let registration = match runtime.discovery().register(&path, transport).await {
             Ok(registration) => registration,
             Err(err) => {
@@ -500,15 +397,10 @@ impl Endpoint {
             &self.component.namespace,
             &self.component.name,
             &self.name,
-            Arc::clone(&runtime.inner.tcp_client),
+            runtime.inner.client.clone(),
             config,
         )
         .await?;
-        #[cfg(feature = "nats")]
-        let client = match &runtime.inner.nats {
-            Some(nats) => client.with_nats(Arc::clone(&nats.client)),
-            None => client,
-        };
         Ok(client)
     }
 
@@ -604,32 +496,5 @@ impl ServedEndpoint {
             server.unregister(&self.path);
         }
         Ok(())
-    }
-}
-
-#[cfg(feature = "nats")]
-impl NatsPlane {
-    /// Connects with the `NATS_*` settings (shared with the event plane), within
-    /// `NATS_CONNECT_TIMEOUT`.
-    async fn connect(config: &RuntimeConfig) -> Result<Self, RuntimeError> {
-        let connection = crate::nats::connect(&config.events.nats)
-            .await
-            .map_err(|err| RuntimeError::Unreachable {
-                server: "NATS",
-                message: format!("DYN_REQUEST_PLANE=nats: {err}"),
-            })?;
-        let client_config = crate::nats_request::NatsClientConfig {
-            request_timeout: config.request.tcp.request_timeout,
-        };
-        let client = crate::nats_request::NatsRequestClient::new(connection.clone(), client_config)
-            .await
-            .map_err(|err| RuntimeError::Unreachable {
-                server: "NATS",
-                message: format!("DYN_REQUEST_PLANE=nats: {err}"),
-            })?;
-        Ok(Self {
-            connection,
-            client: Arc::new(client),
-        })
     }
 }

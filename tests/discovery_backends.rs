@@ -2,10 +2,8 @@
 //! recovery from a partition.
 
 mod common;
-#[path = "common/discovery_suite.rs"]
-mod suite;
-#[path = "common/worker.rs"]
-mod worker;
+
+use common::discovery_suite as suite;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,11 +12,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, ready};
-use planewire::planes::EndpointPath;
 use planewire::planes::discovery::{
     Discovery, DiscoveryError, FileStore, InstanceEvent, KeyValue, KvStore, KvWatch, LeaseId,
     MemoryStore, Transport,
 };
+use planewire::planes::request::EndpointPath;
 use suite::next_event;
 
 const TTL: Duration = Duration::from_secs(2);
@@ -212,7 +210,7 @@ async fn memory_partition_expires_records_and_healing_re_registers_them() {
     let frontend = Discovery::new(store, TTL);
     let path = |id| EndpointPath::new("part", "c", "e", id).unwrap();
     let first = worker
-        .register(&path(1), Transport::tcp("127.0.0.1:1"))
+        .register(&path(1), Transport::new("tcp", "127.0.0.1:1"))
         .await
         .unwrap();
     let mut watch = frontend.watch("part", "c", "e").await.unwrap();
@@ -235,7 +233,7 @@ async fn memory_partition_expires_records_and_healing_re_registers_them() {
     );
     assert!(cut_at.elapsed() <= TTL, "expired within the TTL");
     let second = worker
-        .register(&path(2), Transport::tcp("127.0.0.1:2"))
+        .register(&path(2), Transport::new("tcp", "127.0.0.1:2"))
         .await
         .expect("kept while the store is unreachable");
 
@@ -266,7 +264,7 @@ async fn discovery_from_config_opens_the_selected_backend() {
     let handle = discovery
         .register(
             &EndpointPath::new("cfg", "c", "e", 1).unwrap(),
-            Transport::tcp("127.0.0.1:1"),
+            Transport::new("tcp", "127.0.0.1:1"),
         )
         .await
         .unwrap();

@@ -3,26 +3,23 @@
 #![cfg(feature = "etcd")]
 
 mod common;
-#[path = "common/etcd.rs"]
-mod etcd;
-#[path = "common/discovery_suite.rs"]
-mod suite;
-#[path = "common/worker.rs"]
-mod worker;
+
+use common::discovery_suite as suite;
+use planewire_testkit::etcd;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::within;
 use etcd::Etcd;
 use futures::StreamExt;
-use planewire::planes::EndpointPath;
 use planewire::planes::discovery::{
     Discovery, DiscoveryConfig, DiscoveryError, EtcdConfig, EtcdStore, InstanceEvent, KeyValue,
     KvEvent, KvStore, KvWatch, Transport,
 };
+use planewire::planes::request::EndpointPath;
+use planewire_testkit::within;
 use suite::next_event;
 
 /// etcd's shortest lease with its default election settings.
@@ -94,7 +91,7 @@ async fn etcd_restart_keeps_registrations_and_resumes_watches() {
     let (frontend, worker) = (connector(&etcd)().await, connector(&etcd)().await);
     let path = |id| EndpointPath::new("restart", "c", "e", id).unwrap();
     let before = worker
-        .register(&path(1), Transport::tcp("127.0.0.1:1"))
+        .register(&path(1), Transport::new("tcp", "127.0.0.1:1"))
         .await
         .unwrap();
     let mut watch = frontend.watch("restart", "c", "e").await.unwrap();
@@ -106,7 +103,7 @@ async fn etcd_restart_keeps_registrations_and_resumes_watches() {
     tokio::task::block_in_place(|| etcd.stop());
     let during = within(
         "registering while etcd is down",
-        worker.register(&path(2), Transport::tcp("127.0.0.1:2")),
+        worker.register(&path(2), Transport::new("tcp", "127.0.0.1:2")),
     )
     .await
     .expect("kept for when etcd is back");
@@ -150,7 +147,7 @@ async fn etcd_auth_accepts_the_right_password_and_names_auth_for_a_wrong_one() {
     let handle = discovery
         .register(
             &EndpointPath::new("auth", "c", "e", 1).unwrap(),
-            Transport::tcp("127.0.0.1:1"),
+            Transport::new("tcp", "127.0.0.1:1"),
         )
         .await
         .unwrap();
@@ -294,7 +291,7 @@ async fn etcd_over_tls_with_a_client_certificate() {
     let handle = discovery
         .register(
             &EndpointPath::new("tls", "c", "e", 1).unwrap(),
-            Transport::tcp("127.0.0.1:1"),
+            Transport::new("tcp", "127.0.0.1:1"),
         )
         .await
         .unwrap();

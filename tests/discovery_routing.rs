@@ -1,22 +1,23 @@
 //! `EndpointClient`: routing that follows discovery, over real TCP request-plane servers
 //! on 127.0.0.1, with the memory and file backends.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use futures::StreamExt;
 use planewire::codec::HeaderMap;
 use planewire::planes::discovery::{
-    Discovery, EndpointClient, EndpointClientConfig, FileStore, KvStore, MemoryStore,
-    RegistrationHandle, Route, RouteError, Transport,
+    Discovery, FileStore, KvStore, MemoryStore, RegistrationHandle, Transport,
 };
-use planewire::planes::{EndpointPath, Request, RequestPlaneServer, unary_handler};
+use planewire::planes::request::{
+    EndpointPath, PlaneClient, Request, RequestPlaneServer, unary_handler,
+};
+use planewire::planes::routing::{EndpointClient, EndpointClientConfig, Route, RouteError};
 use planewire::tcp::{ServerConfig, TcpServer};
+use planewire_testkit::tcp::*;
+use planewire_testkit::{PATIENCE, within};
 
 const TTL: Duration = Duration::from_secs(10);
 
@@ -54,7 +55,7 @@ impl Instance {
             .await
             .unwrap();
         let registration = discovery
-            .register(&path, Transport::tcp(server.address(&path)))
+            .register(&path, Transport::new("tcp", server.address(&path)))
             .await
             .unwrap();
         Self {
@@ -102,7 +103,7 @@ async fn endpoint_client(
         ns,
         "backend",
         "generate",
-        Arc::new(client()),
+        PlaneClient::tcp(Arc::new(client())),
         config,
     )
     .await
@@ -263,7 +264,7 @@ async fn a_dead_instance_is_retried_elsewhere_and_skipped() {
             &ns,
             "backend",
             "generate",
-            Arc::clone(&tcp),
+            PlaneClient::tcp(Arc::clone(&tcp)),
             EndpointClientConfig::default(),
         )
         .await

@@ -1,8 +1,6 @@
 //! The event-plane suite on the in-process transport, and the disabled plane.
 
-mod common;
-#[path = "common/events_suite.rs"]
-mod suite;
+use planewire_testkit::events_suite as suite;
 
 use bytes::Bytes;
 use planewire::planes::events::{EventError, EventPlane, EventPlaneKind};

@@ -2,11 +2,8 @@
 //! durability, max_payload, unreachable servers, garbage on the wire) against a real
 //! nats-server, with publishers and subscribers on two separate NATS clients.
 
-mod common;
-#[path = "common/nats.rs"]
-mod nats;
-#[path = "common/events_suite.rs"]
-mod suite;
+use planewire_testkit::events_suite as suite;
+use planewire_testkit::nats;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -14,31 +11,42 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use planewire::config::{NatsAuth, NatsConfig};
+use planewire::nats::{NatsAuth, NatsConfig, NatsLink};
 use planewire::planes::discovery::{Discovery, MemoryStore};
 use planewire::planes::events::{
     ENVELOPE_HEADER_LEN, EventError, EventPlane, EventPlaneConfig, EventPlaneKind, EventPublisher,
     Subscription,
 };
 
-use common::within;
 use nats::{NatsOptions, NatsServer};
+use planewire_testkit::within;
 
-fn config(url: &str, durable: bool) -> EventPlaneConfig {
-    EventPlaneConfig {
-        kind: EventPlaneKind::Nats,
-        durable,
+/// What a plane of these tests is made with: the event plane's settings and NATS's.
+#[derive(Clone)]
+struct Config {
+    events: EventPlaneConfig,
+    nats: NatsConfig,
+}
+
+fn config(url: &str, durable: bool) -> Config {
+    Config {
+        events: EventPlaneConfig {
+            kind: EventPlaneKind::Nats,
+            durable,
+            ..EventPlaneConfig::default()
+        },
         nats: NatsConfig {
             url: url.to_owned(),
             ..NatsConfig::default()
         },
-        ..EventPlaneConfig::default()
     }
 }
 
-async fn connect(config: &EventPlaneConfig) -> Result<EventPlane, EventError> {
+/// A plane on a connection of its own.
+async fn connect(config: &Config) -> Result<EventPlane, EventError> {
     let discovery = Discovery::new(Arc::new(MemoryStore::new()), Duration::from_secs(10));
-    EventPlane::connect(config, &discovery).await
+    let link = NatsLink::new(config.nats.clone());
+    EventPlane::connect(&config.events, &discovery, &link).await
 }
 
 /// Two planes on two NATS clients: what publishes and what subscribes.
@@ -329,13 +337,16 @@ async fn oversized_events_are_refused_before_sending() {
 #[tokio::test]
 async fn an_unreachable_server_is_reported_with_its_url() {
     let url = format!("nats://127.0.0.1:{}", nats::free_port());
-    let config = EventPlaneConfig::from_lookup(|var| match var {
+    let lookup = |var: &str| match var {
         "DYN_EVENT_PLANE" => Some("nats".into()),
         "NATS_SERVER" => Some(url.clone().into()),
         "NATS_CONNECT_TIMEOUT" => Some("2".into()),
         _ => None,
-    })
-    .unwrap();
+    };
+    let config = Config {
+        events: EventPlaneConfig::from_lookup(lookup).unwrap(),
+        nats: NatsConfig::from_lookup(lookup).unwrap(),
+    };
     let started = Instant::now();
     let err = connect(&config).await.unwrap_err();
     assert!(

@@ -2,10 +2,8 @@
 //! shutdown, and the errors of bad or unreachable settings. Servers and sockets on
 //! 127.0.0.1 only.
 
-mod common;
 #[cfg(feature = "nats")]
-#[path = "common/nats.rs"]
-mod nats;
+use planewire_testkit::nats;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -13,10 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use planewire::planes::{Request, unary_handler};
+use planewire::planes::request::{Request, unary_handler};
 use planewire::runtime::{Runtime, RuntimeConfig, RuntimeError};
 
-use common::within;
+use planewire_testkit::within;
 
 /// The configuration `vars` give, with every server-side socket on 127.0.0.1.
 fn config(vars: &[(&str, &str)]) -> Result<RuntimeConfig, RuntimeError> {

@@ -1,114 +1,40 @@
-//! The TCP request plane through its public client and server, over real sockets.
-
-mod common;
+//! The TCP request plane's own behaviour through its public client and server, over real
+//! sockets: pooling, sizes, flow control, read buffers. What every plane shares is in
+//! `request_planes.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use futures::StreamExt;
 use planewire::codec::{ErrorCode, HEADER_LEN, INITIAL_READ_CAPACITY};
-use planewire::config::TcpConfig;
-use planewire::planes::{
+use planewire::planes::request::ServerLimits;
+use planewire::planes::request::{
     HandlerError, Request, RequestError, RequestPlaneClient, RequestPlaneServer, unary_handler,
 };
+use planewire::tcp::TcpConfig;
 use planewire::tcp::{ServerConfig, TcpClient};
+use planewire_testkit::tcp::*;
+use planewire_testkit::within;
 use tokio::sync::{Barrier, mpsc};
 use tokio_util::sync::CancellationToken;
 
+/// Requests to one server share one connection (headers and the rest of what every plane
+/// carries are in the request-plane suite).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unary_round_trip_carries_payload_and_headers() {
+async fn requests_to_one_server_share_one_connection() {
     let server = echo_server().await;
-    server
-        .register(
-            &path("header"),
-            unary_handler(|req: Request| async move {
-                let id = req
-                    .headers
-                    .get("x-request-id")
-                    .unwrap_or("missing")
-                    .to_owned();
-                Ok(Bytes::from(format!(
-                    "{id}:{}",
-                    String::from_utf8_lossy(&req.payload)
-                )))
-            }),
-        )
-        .await
-        .unwrap();
     let client = client();
     let addr = server.local_addr().to_string();
-    let reply = client
-        .unary(&addr, Request::new(&path("echo"), "ping"))
-        .await
-        .unwrap();
-    assert_eq!(reply, "ping");
-    let req = Request::new(&path("header"), "body").with_header("x-request-id", "r-42");
-    assert_eq!(client.unary(&addr, req).await.unwrap(), "r-42:body");
+    for body in ["ping", "pong", "again"] {
+        assert_echoes(&client, &addr, body).await;
+    }
     assert_eq!(
         client.connection_count(&addr),
         1,
-        "both requests shared one connection"
+        "the requests shared one connection"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streaming_returns_sixteen_items_in_order() {
-    let server = echo_server().await;
-    server
-        .register(
-            &path("count"),
-            |_req: Request, _cancel: CancellationToken| {
-                futures::stream::iter(
-                    (0..16).map(|i| Ok::<_, HandlerError>(Bytes::from(format!("item-{i}")))),
-                )
-            },
-        )
-        .await
-        .unwrap();
-    let client = client();
-    let stream = client
-        .call(
-            &server.local_addr().to_string(),
-            Request::new(&path("count"), ""),
-        )
-        .await
-        .unwrap();
-    let items: Vec<Bytes> = within("stream", stream.map(Result::unwrap).collect()).await;
-    let expected: Vec<Bytes> = (0..16).map(|i| Bytes::from(format!("item-{i}"))).collect();
-    assert_eq!(items, expected);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handler_error_ends_the_stream_with_its_message() {
-    let server = echo_server().await;
-    server
-        .register(
-            &path("fails"),
-            |_req: Request, _cancel: CancellationToken| {
-                futures::stream::iter(vec![
-                    Ok(Bytes::from_static(b"partial")),
-                    Err(HandlerError::from("model exploded")),
-                ])
-            },
-        )
-        .await
-        .unwrap();
-    let client = client();
-    let mut stream = client
-        .call(
-            &server.local_addr().to_string(),
-            Request::new(&path("fails"), ""),
-        )
-        .await
-        .unwrap();
-    assert_eq!(stream.next().await.unwrap().unwrap(), "partial");
-    let err = stream.next().await.unwrap().unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::Handler));
-    assert!(err.to_string().contains("model exploded"), "{err}");
-    assert!(stream.next().await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,103 +77,6 @@ async fn ten_thousand_requests_from_200_tasks_over_4_connections() {
     );
 }
 
-/// Sends on `tx` once `cancel` fires. A handler's stream is dropped as soon as its token
-/// fires, so the observation must live in a task of its own.
-fn report_cancel(cancel: CancellationToken, tx: mpsc::Sender<()>) {
-    tokio::spawn(async move {
-        cancel.cancelled().await;
-        tx.send(()).await.unwrap();
-    });
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_the_stream_cancels_the_handler() {
-    let server = echo_server().await;
-    let (cancelled_tx, mut cancelled_rx) = mpsc::channel(1);
-    server
-        .register(
-            &path("endless"),
-            move |_req: Request, cancel: CancellationToken| {
-                report_cancel(cancel, cancelled_tx.clone());
-                futures::stream::unfold(0u64, |i| async move {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    Some((Ok::<_, HandlerError>(Bytes::from(i.to_string())), i + 1))
-                })
-            },
-        )
-        .await
-        .unwrap();
-    let client = client();
-    let mut stream = client
-        .call(
-            &server.local_addr().to_string(),
-            Request::new(&path("endless"), ""),
-        )
-        .await
-        .unwrap();
-    assert_eq!(stream.next().await.unwrap().unwrap(), "0");
-    drop(stream);
-    within("the handler's token to fire", cancelled_rx.recv())
-        .await
-        .unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_timeout_is_reported_and_cancels_the_handler() {
-    let server = echo_server().await;
-    let (cancelled_tx, mut cancelled_rx) = mpsc::channel(1);
-    server
-        .register(
-            &path("stuck"),
-            move |_req: Request, cancel: CancellationToken| {
-                report_cancel(cancel, cancelled_tx.clone());
-                futures::stream::pending::<Result<Bytes, HandlerError>>()
-            },
-        )
-        .await
-        .unwrap();
-    let timeout = Duration::from_millis(200);
-    let client = TcpClient::new(TcpConfig {
-        request_timeout: timeout,
-        ..tcp_config()
-    })
-    .unwrap();
-    let addr = server.local_addr().to_string();
-    let err = within(
-        "the timeout",
-        client.unary(&addr, Request::new(&path("stuck"), "")),
-    )
-    .await
-    .unwrap_err();
-    assert!(err.is_timeout(), "{err}");
-    assert!(
-        matches!(err, RequestError::Timeout { timeout: t } if t == timeout),
-        "{err}"
-    );
-    assert!(err.to_string().contains("DYN_TCP_REQUEST_TIMEOUT"));
-    within("the handler's token to fire", cancelled_rx.recv())
-        .await
-        .unwrap();
-    // The connection survives the timeout.
-    assert_echoes(&client, &addr, "after").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_endpoint_is_a_clear_error_and_the_connection_survives() {
-    let server = echo_server().await;
-    let client = client();
-    let addr = server.local_addr().to_string();
-    let err = client
-        .unary(&addr, Request::new(&path("nope"), "x"))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::UnknownEndpoint));
-    assert!(err.to_string().contains("test/worker/nope/1"), "{err}");
-    assert!(!err.is_retryable());
-    assert_echoes(&client, &addr, "ok").await;
-    assert_eq!(client.connection_count(&addr), 1);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_request_is_refused_before_sending() {
     let server = echo_server().await;
@@ -263,7 +92,7 @@ async fn oversize_request_is_refused_before_sending() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, RequestError::MessageTooLarge { max: m, .. } if m == max),
+        matches!(err, RequestError::TooLarge { max: m, .. } if m == max),
         "{err}"
     );
     let text = err.to_string();
@@ -281,7 +110,7 @@ async fn oversize_request_is_refused_before_sending() {
         .unary(&addr, Request::new(&path("echo"), vec![0u8; 2 << 20]))
         .await
         .unwrap_err();
-    assert!(matches!(err, RequestError::MessageTooLarge { .. }));
+    assert!(matches!(err, RequestError::TooLarge { .. }));
     assert_echoes(&client, &addr, "still").await;
     assert_eq!(client.connection_count(&addr), 1);
 }
@@ -321,8 +150,10 @@ async fn oversize_response_is_an_error_not_a_dead_connection() {
 async fn overloaded_endpoint_sheds_at_once_while_others_keep_serving() {
     let server = server_with(ServerConfig {
         tcp: tcp_config(),
-        max_concurrent_requests: 2,
-        ..ServerConfig::default()
+        limits: ServerLimits {
+            max_concurrent_requests: 2,
+            ..ServerLimits::default()
+        },
     })
     .await;
     let release = CancellationToken::new();
@@ -613,7 +444,8 @@ async fn a_path_without_instance_reaches_the_only_instance() {
             .unwrap(),
         "one"
     );
-    let second = planewire::planes::EndpointPath::new("test", "worker", "echo", 2).unwrap();
+    let second =
+        planewire::planes::request::EndpointPath::new("test", "worker", "echo", 2).unwrap();
     server
         .register(
             &second,

@@ -1,20 +1,20 @@
 //! What the network can throw at the TCP request plane: garbage, protocol violations,
 //! dying servers, shutdowns. Each failure must stay on its own connection or stream.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::*;
 use futures::StreamExt;
 use planewire::codec::{ErrorCode, Frame, FrameHeader, FrameKind, encode_frame};
-use planewire::config::TcpConfig;
-use planewire::planes::{
+use planewire::planes::request::{
     HandlerError, Request, RequestError, RequestPlaneClient, RequestPlaneServer,
 };
+use planewire::tcp::TcpConfig;
 use planewire::tcp::{ServerConfig, TcpClient, TcpServer};
+use planewire_testkit::raw::*;
+use planewire_testkit::tcp::*;
+use planewire_testkit::{PATIENCE, within};
 use tokio_util::sync::CancellationToken;
 use zerocopy::IntoBytes;
 
@@ -262,7 +262,7 @@ async fn graceful_shutdown_drains_in_flight_and_refuses_new_requests() {
     let after = async {
         // Give the go-away a moment to arrive, then try to start new work.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let fresh = common::client();
+        let fresh = planewire_testkit::tcp::client();
         fresh
             .unary(&addr, Request::new(&path("echo"), "late"))
             .await
@@ -275,47 +275,6 @@ async fn graceful_shutdown_drains_in_flight_and_refuses_new_requests() {
     assert_eq!(drained[0].as_ref().unwrap(), "finished");
     let late = late.unwrap_err();
     assert!(late.is_retryable(), "{late}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_timeout_cancels_what_is_left() {
-    let server = server_with(ServerConfig {
-        tcp: tcp_config(),
-        drain_timeout: Duration::from_millis(200),
-        ..ServerConfig::default()
-    })
-    .await;
-    let (entered, cancelled) = (CancellationToken::new(), CancellationToken::new());
-    {
-        let (entered, cancelled) = (entered.clone(), cancelled.clone());
-        server
-            .register(
-                &path("forever"),
-                move |_req: Request, cancel: CancellationToken| {
-                    entered.cancel();
-                    let cancelled = cancelled.clone();
-                    tokio::spawn(async move {
-                        cancel.cancelled().await;
-                        cancelled.cancel();
-                    });
-                    futures::stream::pending::<Result<Bytes, HandlerError>>()
-                },
-            )
-            .await
-            .unwrap();
-    }
-    let client = client();
-    let addr = server.local_addr().to_string();
-    let stream = client
-        .call(&addr, Request::new(&path("forever"), ""))
-        .await
-        .unwrap();
-    within("the handler to start", entered.cancelled()).await;
-    within("shutdown after the drain timeout", server.shutdown()).await;
-    within("the handler to be cancelled", cancelled.cancelled()).await;
-    let items: Vec<_> = within("the stream to end", stream.collect()).await;
-    let err = items.last().expect("an error item").as_ref().unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::ShuttingDown), "{err}");
 }
 
 /// PROTOCOL.md §6.2 checks 3, 4, 6 and 7 against a live server, one connection each:

@@ -1,110 +1,25 @@
 //! Typed frames: what the decoder yields and what the encoder accepts.
 
-use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::CodecError;
+use crate::vocab::{ErrorCode, HeaderMap, Utf8Bytes};
 
-/// A `Bytes` known to hold valid UTF-8 (endpoint paths, header entries, error messages).
-///
-/// Decoded values are slices of the connection's read buffer: no copy is made.
-#[derive(Clone, PartialEq, Eq, Hash, Default)]
-pub struct Utf8Bytes(Bytes);
-
+/// The codec's constructor: a part that is not UTF-8 is a [`CodecError`] naming it.
 impl Utf8Bytes {
     /// Wraps `bytes` after checking it is UTF-8; `field` names it in the error.
     pub fn try_from_bytes(bytes: Bytes, field: &'static str) -> Result<Self, CodecError> {
-        match std::str::from_utf8(&bytes) {
-            Ok(_) => Ok(Self(bytes)),
-            Err(_) => Err(CodecError::InvalidUtf8 { field }),
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        // SAFETY: every constructor checks (or starts from) valid UTF-8 and the bytes are
-        // immutable afterwards.
-        unsafe { std::str::from_utf8_unchecked(&self.0) }
-    }
-
-    pub fn as_bytes(&self) -> &Bytes {
-        &self.0
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        Self::from_utf8(bytes).map_err(|_| CodecError::InvalidUtf8 { field })
     }
 }
 
-impl From<&'static str> for Utf8Bytes {
-    fn from(s: &'static str) -> Self {
-        Self(Bytes::from_static(s.as_bytes()))
-    }
-}
-
-impl From<String> for Utf8Bytes {
-    fn from(s: String) -> Self {
-        Self(Bytes::from(s))
-    }
-}
-
-impl fmt::Debug for Utf8Bytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl fmt::Display for Utf8Bytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Request metadata: a small ordered list of UTF-8 name/value pairs (trace context,
-/// request id). Names are case-sensitive; duplicates are kept in order.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct HeaderMap {
-    entries: Vec<(Utf8Bytes, Utf8Bytes)>,
-}
-
+/// The header map's wire form.
 impl HeaderMap {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Appends an entry. Names must be non-empty; the encoder refuses the frame otherwise.
-    pub fn insert(&mut self, name: impl Into<Utf8Bytes>, value: impl Into<Utf8Bytes>) {
-        self.entries.push((name.into(), value.into()));
-    }
-
-    /// The first value stored under `name`.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k.as_str() == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// Bytes this map takes on the wire: per entry `u16 name_len, name, u16 value_len, value`.
     pub(crate) fn encoded_len(&self) -> usize {
-        self.entries
+        self.entries()
             .iter()
             .map(|(k, v)| 4 + k.len() + v.len())
             .sum()
@@ -112,7 +27,7 @@ impl HeaderMap {
 
     pub(crate) fn encode_into(&self, dst: &mut bytes::BytesMut) {
         use bytes::BufMut;
-        for (k, v) in &self.entries {
+        for (k, v) in self.entries() {
             // Lengths were checked by `check_encodable` before anything was written.
             dst.put_u16_le(k.len() as u16);
             dst.put_slice(k.as_bytes());
@@ -122,7 +37,7 @@ impl HeaderMap {
     }
 
     fn check_encodable(&self) -> Result<(), CodecError> {
-        for (k, v) in &self.entries {
+        for (k, v) in self.entries() {
             if k.is_empty() {
                 return Err(CodecError::BadHeaderMap("empty header name"));
             }
@@ -150,7 +65,7 @@ impl HeaderMap {
             let value = take_prefixed(&mut meta, "header value")?;
             entries.push((name, value));
         }
-        Ok(Self { entries })
+        Ok(entries.into_iter().collect())
     }
 }
 
@@ -169,89 +84,6 @@ fn take_prefixed(buf: &mut Bytes, field: &'static str) -> Result<Utf8Bytes, Code
     let mut entry = buf.split_to(2 + len);
     let _ = entry.split_to(2);
     Utf8Bytes::try_from_bytes(entry, field)
-}
-
-impl fmt::Debug for HeaderMap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.iter()).finish()
-    }
-}
-
-impl<K: Into<Utf8Bytes>, V: Into<Utf8Bytes>> FromIterator<(K, V)> for HeaderMap {
-    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Self {
-            entries: iter
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        }
-    }
-}
-
-/// Error codes carried by `Error` and `GoAway` frames. Unknown codes from a newer peer
-/// decode as [`ErrorCode::Other`] rather than failing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorCode {
-    /// Graceful go-away; never used on an `Error` frame.
-    NoError,
-    /// The peer sent a malformed frame; the connection is closed.
-    Protocol,
-    /// A frame exceeded the receiver's maximum message size.
-    FrameTooLarge,
-    /// No handler is registered for the requested endpoint path.
-    UnknownEndpoint,
-    /// The server is at its concurrency limit; retrying later may succeed.
-    Overloaded,
-    /// The handler itself failed; the message is the handler's.
-    Handler,
-    /// The stream was cancelled.
-    Cancelled,
-    /// The request's deadline passed on the server.
-    DeadlineExceeded,
-    /// The server is shutting down and takes no new requests.
-    ShuttingDown,
-    /// A request reused a stream id that is still open.
-    StreamIdInUse,
-    /// An unexpected failure inside the peer.
-    Internal,
-    Other(u32),
-}
-
-impl ErrorCode {
-    pub fn to_u32(self) -> u32 {
-        match self {
-            Self::NoError => 0,
-            Self::Protocol => 1,
-            Self::FrameTooLarge => 2,
-            Self::UnknownEndpoint => 3,
-            Self::Overloaded => 4,
-            Self::Handler => 5,
-            Self::Cancelled => 6,
-            Self::DeadlineExceeded => 7,
-            Self::ShuttingDown => 8,
-            Self::StreamIdInUse => 9,
-            Self::Internal => 10,
-            Self::Other(code) => code,
-        }
-    }
-
-    pub fn from_u32(code: u32) -> Self {
-        match code {
-            0 => Self::NoError,
-            1 => Self::Protocol,
-            2 => Self::FrameTooLarge,
-            3 => Self::UnknownEndpoint,
-            4 => Self::Overloaded,
-            5 => Self::Handler,
-            6 => Self::Cancelled,
-            7 => Self::DeadlineExceeded,
-            8 => Self::ShuttingDown,
-            9 => Self::StreamIdInUse,
-            10 => Self::Internal,
-            other => Self::Other(other),
-        }
-    }
 }
 
 /// Bytes of DATA a stream may receive before its client grants more with WINDOW_UPDATE

@@ -15,13 +15,12 @@ mod error;
 mod frame;
 mod header;
 
+/// The shared vocabulary frames carry, named here too for the codec's users.
+pub use crate::vocab::{ErrorCode, HeaderMap, Utf8Bytes};
 pub use decoder::{FrameDecoder, INITIAL_READ_CAPACITY, MEDIUM_BUFFER, RETIRED_BYTES};
 pub use encoder::{FLATTEN_BELOW, WriteQueue, encode_frame};
 pub use error::CodecError;
-pub use frame::{
-    ErrorCode, Frame, HeaderMap, INITIAL_STREAM_WINDOW, RequestFrame, Utf8Bytes, fit_message,
-    window_cost,
-};
+pub use frame::{Frame, INITIAL_STREAM_WINDOW, RequestFrame, fit_message, window_cost};
 pub use header::{FrameHeader, FrameKind, HEADER_LEN, MAGIC, VERSION, ValidHeader};
 
 #[cfg(test)]

@@ -1,16 +1,9 @@
-//! The planes' thin traits and their backends.
-//!
-//! The request plane is [`RequestPlaneClient`] + [`RequestPlaneServer`]; the TCP
-//! implementation lives in [`crate::tcp`]. The discovery plane is [`discovery`], the
-//! event plane [`events`].
+//! The planes: [`request`] (RPC: the neutral traits, the NATS and HTTP/2 planes, and the
+//! dispatch over them; TCP is [`crate::tcp`]), [`discovery`] (who serves what),
+//! [`events`] (pub/sub), and [`routing`], which sends requests to the instances
+//! discovery reports.
 
 pub mod discovery;
-mod error;
 pub mod events;
-mod request;
-
-pub use error::{HandlerError, RegisterError, RequestError};
-pub use request::{
-    EndpointPath, Handler, HandlerStream, Request, RequestPlaneClient, RequestPlaneServer,
-    unary_handler,
-};
+pub mod request;
+pub mod routing;

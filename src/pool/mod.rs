@@ -1,6 +1,8 @@
 //! Client connections, pooled per remote address.
 //!
-//! Each address gets up to `DYN_TCP_POOL_SIZE` connections. A request goes to the usable
+//! The pool knows connections only through [`PooledConnection`] and opens them through a
+//! [`Connector`]: the TCP plane supplies both. Each address gets up to `pool_size`
+//! (`DYN_TCP_POOL_SIZE`) connections. A request goes to the usable
 //! connection with the fewest streams in flight; a new connection is opened only when
 //! every open one already carries [`GROW_AT_IN_FLIGHT`] streams (multiplexing makes one
 //! connection enough for light load). One connect runs at a time per address: a burst of
@@ -9,15 +11,14 @@
 //! its error at once. Dead or draining connections are pruned on the next pick.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::config::TcpConfig;
-use crate::planes::RequestError;
+use crate::planes::request::RequestError;
 use crate::sync::lock;
-use crate::tcp::ClientConnection;
 
 /// Streams per connection at which the pool opens another connection. High on purpose:
 /// many streams on one connection share its reads and writes (the latency bench's
@@ -25,19 +26,54 @@ use crate::tcp::ClientConnection;
 /// machine); more connections pay off only once one connection's task saturates a core.
 pub const GROW_AT_IN_FLIGHT: usize = 64;
 
-/// All pools of one client, by address string.
-#[derive(Default)]
-pub(crate) struct Pools {
-    by_address: Mutex<HashMap<String, Arc<AddressPool>>>,
+/// What the pool asks of a connection.
+pub(crate) trait PooledConnection: Send + Sync + 'static {
+    /// Takes new streams: open and not draining.
+    fn is_usable(&self) -> bool;
+    fn is_closed(&self) -> bool;
+    /// Streams open on it now.
+    fn in_flight(&self) -> usize;
 }
 
-impl Pools {
-    pub(crate) fn get(&self, address: &str, config: &TcpConfig) -> Arc<AddressPool> {
+/// Opens the pool's connections.
+pub(crate) trait Connector: Send + Sync + 'static {
+    type Connection: PooledConnection;
+
+    /// A connection to `target`, which `address` (as the caller gave it) resolved to.
+    fn connect(
+        &self,
+        address: &str,
+        target: SocketAddr,
+    ) -> impl Future<Output = Result<Self::Connection, RequestError>> + Send;
+}
+
+/// All pools of one client, by address string.
+pub(crate) struct Pools<C: Connector> {
+    connector: Arc<C>,
+    pool_size: usize,
+    by_address: Mutex<HashMap<String, Arc<AddressPool<C>>>>,
+}
+
+impl<C: Connector> Pools<C> {
+    /// Pools of up to `pool_size` connections per address, opened by `connector`.
+    pub(crate) fn new(connector: C, pool_size: usize) -> Self {
+        Self {
+            connector: Arc::new(connector),
+            pool_size,
+            by_address: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn get(&self, address: &str) -> Arc<AddressPool<C>> {
         let mut pools = lock(&self.by_address);
         if let Some(pool) = pools.get(address) {
             return Arc::clone(pool);
         }
-        let pool = Arc::new(AddressPool::new(address, config.clone()));
+        let pool = Arc::new(AddressPool::new(
+            address,
+            Arc::clone(&self.connector),
+            self.pool_size,
+        ));
         pools.insert(address.to_owned(), Arc::clone(&pool));
         pool
     }
@@ -48,13 +84,13 @@ impl Pools {
         lock(&self.by_address).clear();
     }
 
-    pub(crate) fn existing(&self, address: &str) -> Option<Arc<AddressPool>> {
+    pub(crate) fn existing(&self, address: &str) -> Option<Arc<AddressPool<C>>> {
         lock(&self.by_address).get(address).cloned()
     }
 }
 
-struct State {
-    connections: Vec<Arc<ClientConnection>>,
+struct State<T> {
+    connections: Vec<Arc<T>>,
     /// Whether a connect is in progress.
     connecting: bool,
     /// Number of the latest connect attempt.
@@ -64,27 +100,29 @@ struct State {
 }
 
 /// The connections to one remote address.
-pub(crate) struct AddressPool {
+pub(crate) struct AddressPool<C: Connector> {
     address: String,
-    config: TcpConfig,
-    state: Mutex<State>,
+    connector: Arc<C>,
+    pool_size: usize,
+    state: Mutex<State<C::Connection>>,
     /// Signalled when a connect attempt finishes, so waiting callers look again.
     changed: Notify,
 }
 
-enum Pick {
-    Use(Arc<ClientConnection>),
+enum Pick<T> {
+    Use(Arc<T>),
     /// Open a connection, as attempt number `.0`.
     Connect(u64),
     /// Wait for attempt number `.0` to finish.
     Wait(u64),
 }
 
-impl AddressPool {
-    fn new(address: &str, config: TcpConfig) -> Self {
+impl<C: Connector> AddressPool<C> {
+    fn new(address: &str, connector: Arc<C>, pool_size: usize) -> Self {
         Self {
             address: address.to_owned(),
-            config,
+            connector,
+            pool_size,
             state: Mutex::new(State {
                 connections: Vec::new(),
                 connecting: false,
@@ -96,7 +134,7 @@ impl AddressPool {
     }
 
     /// A connection to send on, connecting if the pool should grow.
-    pub(crate) async fn connection(&self) -> Result<Arc<ClientConnection>, RequestError> {
+    pub(crate) async fn connection(&self) -> Result<Arc<C::Connection>, RequestError> {
         loop {
             // Subscribe before looking, so a connect finishing in between is not missed.
             let changed = self.changed.notified();
@@ -115,7 +153,7 @@ impl AddressPool {
         }
     }
 
-    fn pick(&self) -> Pick {
+    fn pick(&self) -> Pick<C::Connection> {
         let mut state = lock(&self.state);
         state
             .connections
@@ -124,7 +162,7 @@ impl AddressPool {
         // close soon, and counting them could leave a caller waiting on a pool with no
         // usable slot.
         let mut usable = 0;
-        let mut best: Option<&Arc<ClientConnection>> = None;
+        let mut best: Option<&Arc<C::Connection>> = None;
         for conn in state.connections.iter().filter(|c| c.is_usable()) {
             usable += 1;
             if best.is_none_or(|b| conn.in_flight() < b.in_flight()) {
@@ -132,7 +170,7 @@ impl AddressPool {
             }
         }
         let best = best.cloned();
-        let room = usable < self.config.pool_size;
+        let room = usable < self.pool_size;
         match best {
             Some(conn) if conn.in_flight() < GROW_AT_IN_FLIGHT || !room || state.connecting => {
                 Pick::Use(conn)
@@ -146,15 +184,15 @@ impl AddressPool {
         }
     }
 
-    async fn grow(&self, attempt: u64) -> Result<Arc<ClientConnection>, RequestError> {
+    async fn grow(&self, attempt: u64) -> Result<Arc<C::Connection>, RequestError> {
         // Ends the attempt even if this caller's future is dropped mid-connect (its own
         // timeout), so the pool never believes a connect is still running.
-        struct Attempt<'a> {
-            pool: &'a AddressPool,
+        struct Attempt<'a, C: Connector> {
+            pool: &'a AddressPool<C>,
             id: u64,
-            outcome: Option<Result<Arc<ClientConnection>, RequestError>>,
+            outcome: Option<Result<Arc<C::Connection>, RequestError>>,
         }
-        impl Drop for Attempt<'_> {
+        impl<C: Connector> Drop for Attempt<'_, C> {
             fn drop(&mut self) {
                 let mut state = lock(&self.pool.state);
                 state.connecting = false;
@@ -173,7 +211,9 @@ impl AddressPool {
             outcome: None,
         };
         let result = match self.resolve().await {
-            Ok(target) => ClientConnection::connect(&self.address, target, &self.config)
+            Ok(target) => self
+                .connector
+                .connect(&self.address, target)
                 .await
                 .map(Arc::new),
             Err(err) => Err(err),
@@ -208,11 +248,8 @@ impl AddressPool {
             .count()
     }
 
-    pub(crate) fn read_buffer_capacities(&self) -> Vec<usize> {
-        lock(&self.state)
-            .connections
-            .iter()
-            .map(|c| c.read_buffer_capacity())
-            .collect()
+    /// The connections held now, live or draining.
+    pub(crate) fn connections(&self) -> Vec<Arc<C::Connection>> {
+        lock(&self.state).connections.clone()
     }
 }

@@ -1,27 +1,65 @@
 //! The TCP request-plane client: pooled, multiplexed, with deadlines and cancel-on-drop.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use tokio::time::Instant;
 
-use crate::codec::RequestFrame;
-use crate::config::TcpConfig;
-use crate::planes::{Request, RequestError, RequestPlaneClient};
-use crate::pool::Pools;
-
 pub use super::client_conn::ResponseStream;
-use super::client_conn::StartError;
+use super::client_conn::{ClientConnection, StartError};
+use super::config::{ENV_MAX_MESSAGE_SIZE, ENV_TCP_REQUEST_TIMEOUT, TcpConfig};
+use crate::codec::{CodecError, RequestFrame};
+use crate::config::ConfigError;
+use crate::planes::request::{Request, RequestError, RequestPlaneClient};
+use crate::pool::{Connector, PooledConnection, Pools};
 
 /// Sends requests to TCP request-plane servers. Cheap to share: wrap it in an `Arc`.
 pub struct TcpClient {
     config: TcpConfig,
-    pools: Pools,
+    pools: Pools<TcpConnector>,
+}
+
+/// Opens the pool's connections with the client's settings.
+struct TcpConnector {
+    config: TcpConfig,
+}
+
+impl Connector for TcpConnector {
+    type Connection = ClientConnection;
+
+    async fn connect(
+        &self,
+        address: &str,
+        target: SocketAddr,
+    ) -> Result<ClientConnection, RequestError> {
+        ClientConnection::connect(address, target, &self.config).await
+    }
+}
+
+impl PooledConnection for ClientConnection {
+    fn is_usable(&self) -> bool {
+        ClientConnection::is_usable(self)
+    }
+
+    fn is_closed(&self) -> bool {
+        ClientConnection::is_closed(self)
+    }
+
+    fn in_flight(&self) -> usize {
+        ClientConnection::in_flight(self)
+    }
 }
 
 impl TcpClient {
     /// A client with `config` (validated here).
-    pub fn new(config: TcpConfig) -> Result<Self, crate::config::ConfigError> {
+    pub fn new(config: TcpConfig) -> Result<Self, ConfigError> {
+        let config = config.validate()?;
+        let connector = TcpConnector {
+            config: config.clone(),
+        };
         Ok(Self {
-            config: config.validate()?,
-            pools: Pools::default(),
+            pools: Pools::new(connector, config.pool_size),
+            config,
         })
     }
 
@@ -38,8 +76,9 @@ impl TcpClient {
     /// Sends `request` to the server at `address` (`host:port`).
     ///
     /// A request over `DYN_TCP_MAX_MESSAGE_SIZE` is refused here, before any connection
-    /// is made or byte written. `DYN_TCP_REQUEST_TIMEOUT` bounds the whole request, from
-    /// this call to the last response.
+    /// is made or byte written. The request timeout (`DYN_TCP_REQUEST_TIMEOUT`, else
+    /// `DYN_REQUEST_TIMEOUT`) bounds the whole request, from this call to the last
+    /// response.
     pub async fn call(
         &self,
         address: &str,
@@ -57,8 +96,8 @@ impl TcpClient {
         // Stream id and timeout are fixed-width fields: the checked length stays exact.
         let len = frame
             .checked_len(self.config.max_message_size)
-            .map_err(RequestError::from_encode)?;
-        let pool = self.pools.get(address, &self.config);
+            .map_err(encode_error)?;
+        let pool = self.pools.get(address);
         let start = async {
             let mut frame = frame;
             // A connection the server is closing (idle, or draining) hands the request
@@ -74,7 +113,10 @@ impl TcpClient {
         };
         tokio::time::timeout_at(deadline, start)
             .await
-            .map_err(|_| RequestError::Timeout { timeout })?
+            .map_err(|_| RequestError::Timeout {
+                timeout,
+                setting: ENV_TCP_REQUEST_TIMEOUT,
+            })?
     }
 
     /// Open connections to `address`.
@@ -87,9 +129,28 @@ impl TcpClient {
     /// Read-buffer memory held by each connection to `address` (as on the server's
     /// [`TcpServer::connection_buffer_capacities`](crate::tcp::TcpServer::connection_buffer_capacities)).
     pub fn connection_buffer_capacities(&self, address: &str) -> Vec<usize> {
-        self.pools
-            .existing(address)
-            .map_or_else(Vec::new, |pool| pool.read_buffer_capacities())
+        self.pools.existing(address).map_or_else(Vec::new, |pool| {
+            pool.connections()
+                .iter()
+                .map(|c| c.read_buffer_capacity())
+                .collect()
+        })
+    }
+}
+
+/// A request the codec refuses: over the size limit (nothing was sent), or malformed.
+fn encode_error(err: CodecError) -> RequestError {
+    match err {
+        CodecError::FrameTooLarge { size, max } => RequestError::TooLarge {
+            size,
+            max,
+            limit: ENV_MAX_MESSAGE_SIZE,
+            fix: "raise the limit on both sides or split the payload",
+        },
+        other => RequestError::Encode {
+            reason: other.to_string(),
+            source: Some(Arc::new(other)),
+        },
     }
 }
 

@@ -22,11 +22,11 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::client_writer::{SendError, Sender, write_side};
+use super::config::{ENV_CONNECT_TIMEOUT, ENV_TCP_REQUEST_TIMEOUT, TcpConfig};
 use super::io::{FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound, Side, budget_share};
 use super::stream_slot::{Next, StreamSlot};
 use crate::codec::{ErrorCode, Frame, RequestFrame};
-use crate::config::TcpConfig;
-use crate::planes::RequestError;
+use crate::planes::request::RequestError;
 use crate::sync::lock;
 
 /// State shared by the connection handle, its reader task and its response streams.
@@ -101,10 +101,11 @@ impl ClientConnection {
             .map_err(|_| RequestError::ConnectTimeout {
                 address: address.to_owned(),
                 timeout: config.connect_timeout,
+                setting: ENV_CONNECT_TIMEOUT,
             })?
             .map_err(|e| RequestError::Connect {
                 address: address.to_owned(),
-                reason: e.to_string(),
+                source: Arc::new(e),
             })?;
         let (rd, wr) = socket.into_split();
         let reader = FrameReader::new(rd, config.max_message_size, config.shrink_message_size);
@@ -432,6 +433,7 @@ impl Stream for ResponseStream {
                 let err = match err.code() {
                     Some(ErrorCode::DeadlineExceeded) => RequestError::Timeout {
                         timeout: self.timeout,
+                        setting: ENV_TCP_REQUEST_TIMEOUT,
                     },
                     _ => err,
                 };
@@ -442,6 +444,7 @@ impl Stream for ResponseStream {
                     self.cancel();
                     Poll::Ready(Some(Err(RequestError::Timeout {
                         timeout: self.timeout,
+                        setting: ENV_TCP_REQUEST_TIMEOUT,
                     })))
                 }
                 Poll::Pending => Poll::Pending,

@@ -5,185 +5,30 @@
 //! token that stops accepting, and a phase each connection is told (drain: go-away;
 //! abort: end what is left); a task tracker that `shutdown` waits on.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::task::AtomicWaker;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use super::config::TcpConfig;
 use super::server_conn::serve_connection;
-use crate::config::TcpConfig;
-use crate::planes::{EndpointPath, Handler, RegisterError, RequestPlaneServer};
-use crate::sync::lock;
+use super::server_state::{ConnectionTimeouts, Phase, Shared};
+use crate::planes::request::{
+    EndpointPath, Handler, RegisterError, RequestPlaneServer, ServerLimits,
+};
+use crate::vocab::detect_local_ip;
 
-/// Server settings beyond the shared [`TcpConfig`].
-#[derive(Debug, Clone)]
+/// What a [`TcpServer`] is started with: the plane's settings and the limits every
+/// request-plane server shares.
+#[derive(Debug, Clone, Default)]
 pub struct ServerConfig {
     pub tcp: TcpConfig,
-    /// Requests one endpoint handles at once, across all connections (default 1024). A
-    /// request beyond this is answered `Overloaded` at once instead of queueing, and a
-    /// saturated endpoint takes no slots from the others.
-    pub max_concurrent_requests: usize,
-    /// Open connections (default 10,000). At the cap, new connections wait in the
-    /// kernel's accept backlog.
-    pub max_connections: usize,
-    /// How long `shutdown` lets in-flight requests finish before cancelling them (10 s).
-    pub drain_timeout: Duration,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            tcp: TcpConfig::default(),
-            max_concurrent_requests: 1024,
-            max_connections: 10_000,
-            drain_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// A registered handler and its concurrency slots.
-pub(super) struct Endpoint {
-    pub(super) handler: Arc<dyn Handler>,
-    pub(super) slots: Arc<Semaphore>,
-}
-
-/// What the server asks of its connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum Phase {
-    Serving = 0,
-    /// Send GOAWAY, refuse new requests, let open streams finish.
-    Draining = 1,
-    /// The drain timeout passed: end open streams with `ShuttingDown`.
-    Aborting = 2,
-}
-
-impl Phase {
-    fn from_u8(value: u8) -> Self {
-        match value {
-            0 => Self::Serving,
-            1 => Self::Draining,
-            _ => Self::Aborting,
-        }
-    }
-}
-
-/// One connection's view of the server's phase. Its loop polls this on every turn, so
-/// it costs a few atomic operations, not the lock of a token every connection shares.
-#[derive(Default)]
-pub(super) struct PhaseSignal {
-    phase: AtomicU8,
-    waker: AtomicWaker,
-}
-
-impl PhaseSignal {
-    fn raise(&self, phase: Phase) {
-        self.phase.fetch_max(phase as u8, Ordering::SeqCst);
-        self.waker.wake();
-    }
-
-    /// Ready with the phase once it is past `seen`.
-    pub(super) fn poll_past(&self, seen: Phase, cx: &mut Context<'_>) -> Poll<Phase> {
-        self.waker.register(cx.waker());
-        let phase = Phase::from_u8(self.phase.load(Ordering::SeqCst));
-        if phase > seen {
-            Poll::Ready(phase)
-        } else {
-            Poll::Pending
-        }
-    }
-}
-
-/// An open connection, as the server sees it.
-pub(super) struct ConnectionEntry {
-    /// Read-buffer memory it holds.
-    held: Arc<AtomicUsize>,
-    signal: Arc<PhaseSignal>,
-}
-
-/// When a connection is reaped (`DYN_TCP_FRAME_TIMEOUT`, `DYN_TCP_IDLE_TIMEOUT`).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct ConnectionTimeouts {
-    /// A frame must arrive whole within this of its first byte; queued output must move
-    /// at least this often.
-    pub(super) frame: Duration,
-    /// A connection with nothing open and no traffic for this long is closed.
-    pub(super) idle: Duration,
-}
-
-/// State shared by the accept loop, every connection and every request task.
-pub(super) struct Shared {
-    pub(super) endpoints: RwLock<HashMap<String, Arc<Endpoint>>>,
-    pub(super) max_concurrent_requests: usize,
-    pub(super) max_frame_len: usize,
-    pub(super) shrink_threshold: usize,
-    pub(super) timeouts: ConnectionTimeouts,
-    /// Fired by `shutdown`: stop accepting.
-    pub(super) shutdown: CancellationToken,
-    /// The phase every connection is told (`raise`).
-    phase: AtomicU8,
-    pub(super) tracker: TaskTracker,
-    /// The open connections, by connection number.
-    connections: Mutex<HashMap<u64, ConnectionEntry>>,
-}
-
-impl Shared {
-    /// Tells every connection, open now or registered later, that the server is in
-    /// `phase`.
-    fn raise(&self, phase: Phase) {
-        self.phase.fetch_max(phase as u8, Ordering::SeqCst);
-        for entry in lock(&self.connections).values() {
-            entry.signal.raise(phase);
-        }
-    }
-
-    /// Adds connection `id`, holding `held` bytes of read buffer; its phase signal
-    /// starts at the server's phase. Under the map's lock, as `raise` iterates it: a
-    /// connection is either seen by `raise` or sees the phase `raise` set.
-    pub(super) fn register(&self, id: u64, held: Arc<AtomicUsize>) -> Arc<PhaseSignal> {
-        let mut connections = lock(&self.connections);
-        let signal = Arc::new(PhaseSignal::default());
-        signal.raise(Phase::from_u8(self.phase.load(Ordering::SeqCst)));
-        let entry = ConnectionEntry {
-            held,
-            signal: Arc::clone(&signal),
-        };
-        connections.insert(id, entry);
-        signal
-    }
-
-    pub(super) fn deregister(&self, id: u64) {
-        lock(&self.connections).remove(&id);
-    }
-
-    /// The endpoint serving `path`: an exact match or, for a path without an instance id
-    /// (`namespace/component/endpoint`), the one instance of that endpoint hosted here.
-    pub(super) fn endpoint(&self, path: &str) -> Option<Arc<Endpoint>> {
-        let endpoints = self.endpoints.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(endpoint) = endpoints.get(path) {
-            return Some(Arc::clone(endpoint));
-        }
-        if path.bytes().filter(|b| *b == b'/').count() != 2 {
-            return None;
-        }
-        let mut instances = endpoints.iter().filter(|(key, _)| {
-            key.strip_prefix(path)
-                .and_then(|rest| rest.strip_prefix('/'))
-                .is_some_and(|instance| !instance.contains('/'))
-        });
-        match (instances.next(), instances.next()) {
-            (Some((_, endpoint)), None) => Some(Arc::clone(endpoint)),
-            _ => None,
-        }
-    }
+    /// Concurrency per endpoint, connections, drain timeout.
+    pub limits: ServerLimits,
 }
 
 /// The TCP request-plane server. Create with [`TcpServer::bind`], add endpoints with
@@ -200,28 +45,24 @@ impl TcpServer {
     /// by default) and starts accepting.
     pub async fn bind(config: ServerConfig) -> io::Result<Self> {
         let tcp = config.tcp.clone().validate().map_err(io::Error::other)?;
+        let limits = config.limits.clone().validate().map_err(io::Error::other)?;
         let bind_ip = tcp.host.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let bind_addr = SocketAddr::new(bind_ip, tcp.bind_port());
         let listener = TcpListener::bind(bind_addr)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {bind_addr}: {e}")))?;
         let local_addr = listener.local_addr()?;
-        let advertised_ip = tcp.host.unwrap_or_else(super::addr::detect_local_ip);
-        let shared = Arc::new(Shared {
-            endpoints: RwLock::default(),
-            max_concurrent_requests: config.max_concurrent_requests,
-            max_frame_len: tcp.max_message_size,
-            shrink_threshold: tcp.shrink_message_size,
-            timeouts: ConnectionTimeouts {
+        let advertised_ip = tcp.host.unwrap_or_else(detect_local_ip);
+        let shared = Arc::new(Shared::new(
+            limits.max_concurrent_requests,
+            tcp.max_message_size,
+            tcp.shrink_message_size,
+            ConnectionTimeouts {
                 frame: tcp.frame_timeout,
                 idle: tcp.idle_timeout,
             },
-            shutdown: CancellationToken::new(),
-            phase: AtomicU8::new(Phase::Serving as u8),
-            tracker: TaskTracker::new(),
-            connections: Mutex::default(),
-        });
-        let connection_limit = Arc::new(Semaphore::new(config.max_connections));
+        ));
+        let connection_limit = Arc::new(Semaphore::new(limits.max_connections));
         shared
             .tracker
             .spawn(accept_loop(listener, Arc::clone(&shared), connection_limit));
@@ -230,7 +71,7 @@ impl TcpServer {
             shared,
             local_addr,
             advertised: SocketAddr::new(advertised_ip, local_addr.port()),
-            drain_timeout: config.drain_timeout,
+            drain_timeout: limits.drain_timeout,
         })
     }
 
@@ -243,10 +84,7 @@ impl TcpServer {
     /// to the small initial size within about a second (the spare large buffer kept for
     /// back-to-back large messages is given back).
     pub fn connection_buffer_capacities(&self) -> Vec<usize> {
-        lock(&self.shared.connections)
-            .values()
-            .map(|c| c.held.load(Ordering::Relaxed))
-            .collect()
+        self.shared.buffer_capacities()
     }
 }
 
@@ -256,30 +94,11 @@ impl RequestPlaneServer for TcpServer {
         path: &EndpointPath,
         handler: impl Handler,
     ) -> Result<(), RegisterError> {
-        let mut endpoints = self
-            .shared
-            .endpoints
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        let key = path.to_string();
-        if endpoints.contains_key(&key) {
-            return Err(RegisterError::Duplicate(key));
-        }
-        let endpoint = Endpoint {
-            handler: Arc::new(handler),
-            slots: Arc::new(Semaphore::new(self.shared.max_concurrent_requests)),
-        };
-        endpoints.insert(key, Arc::new(endpoint));
-        Ok(())
+        self.shared.endpoints.register(path, handler)
     }
 
     fn unregister(&self, path: &EndpointPath) -> bool {
-        let mut endpoints = self
-            .shared
-            .endpoints
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        endpoints.remove(&path.to_string()).is_some()
+        self.shared.endpoints.unregister(path)
     }
 
     fn address(&self, _path: &EndpointPath) -> String {

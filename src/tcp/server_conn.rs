@@ -27,12 +27,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::io::{FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound, Side};
-use super::server::{Phase, PhaseSignal, Shared};
+use super::server_state::{Phase, PhaseSignal, Shared};
 use super::stream_task::{Credit, Framer, Step, StreamTask, cost};
 use crate::codec::{
     CodecError, ErrorCode, Frame, INITIAL_STREAM_WINDOW, RequestFrame, fit_message,
 };
-use crate::planes::Request;
+use crate::planes::request::Request;
 use crate::sync::lock;
 
 /// Frames from stream tasks waiting for the connection task: this bounds the small ones

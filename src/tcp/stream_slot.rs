@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 
 use crate::codec::{INITIAL_STREAM_WINDOW, window_cost};
-use crate::planes::RequestError;
+use crate::planes::request::RequestError;
 use crate::sync::lock;
 
 /// Read bytes are granted back once this many have gathered: one WINDOW_UPDATE per half

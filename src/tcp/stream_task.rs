@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::io::Outbound;
 use crate::codec::{ErrorCode, Frame, HEADER_LEN, INITIAL_STREAM_WINDOW, fit_message, window_cost};
-use crate::planes::{HandlerError, HandlerStream};
+use crate::planes::request::{HandlerError, HandlerStream};
 
 /// What to send after one step of a handler's stream.
 pub(super) enum Step {

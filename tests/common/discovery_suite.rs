@@ -1,19 +1,18 @@
 //! What every discovery backend must do, written once. Each scenario takes `connect`,
 //! which opens a new `Discovery` on the backend under test: one call per simulated
 //! process, each with its own lease.
-#![allow(dead_code)] // each test binary uses a different subset
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use planewire::planes::EndpointPath;
 use planewire::planes::discovery::{
     Discovery, DiscoveryError, InstanceEvent, InstanceWatch, KeyValue, KvStore, Transport,
 };
+use planewire::planes::request::EndpointPath;
 
-use crate::common::within;
-use crate::worker::Worker;
+use super::worker::Worker;
+use planewire_testkit::within;
 
 /// A namespace no other test (or earlier run against the same store) uses.
 pub fn unique_namespace(tag: &str) -> String {
@@ -27,7 +26,7 @@ pub async fn next_event(watch: &mut InstanceWatch) -> InstanceEvent {
 }
 
 fn tcp(port: u16) -> Transport {
-    Transport::tcp(format!("127.0.0.1:{port}"))
+    Transport::new("tcp", format!("127.0.0.1:{port}"))
 }
 
 /// A second registration shows up as `Added`, deregistration (explicit, by drop, by

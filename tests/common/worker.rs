@@ -1,7 +1,6 @@
 //! A worker in a child process: `examples/register`, which registers one endpoint and
 //! serves it until killed. Killing it with SIGKILL is a crash: no deregistration, the
 //! record must go with its lease.
-#![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -10,7 +9,7 @@ use planewire::planes::discovery::InstanceRecord;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::common::within;
+use planewire_testkit::within;
 
 pub struct Worker {
     child: Child,

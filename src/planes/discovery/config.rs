@@ -15,7 +15,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{ConfigError, feature_not_built, invalid, parse_seconds, read_var};
+use crate::config::{ConfigError, Env};
 
 pub const ENV_DISCOVERY_BACKEND: &str = "DYN_DISCOVERY_BACKEND";
 pub const ENV_DISCOVERY_LEASE_TTL: &str = "DYN_DISCOVERY_LEASE_TTL";
@@ -49,14 +49,18 @@ impl std::str::FromStr for DiscoveryBackend {
             "mem" | "memory" => Ok(Self::Memory),
             "etcd" if cfg!(feature = "etcd") => Ok(Self::Etcd),
             "etcd" => Err(etcd_not_built()),
-            _ => Err(invalid(ENV_DISCOVERY_BACKEND, s, "one of: file, mem, etcd")),
+            _ => Err(ConfigError::invalid(
+                ENV_DISCOVERY_BACKEND,
+                s,
+                "one of: file, mem, etcd",
+            )),
         }
     }
 }
 
 /// The error for choosing etcd in a build without it.
 pub(crate) fn etcd_not_built() -> ConfigError {
-    feature_not_built(ENV_DISCOVERY_BACKEND, "etcd", "file or mem")
+    ConfigError::feature_not_built(ENV_DISCOVERY_BACKEND, "etcd", "etcd", "file or mem")
 }
 
 /// Everything discovery reads from the environment.
@@ -121,31 +125,28 @@ impl Default for EtcdConfig {
 impl DiscoveryConfig {
     /// Reads the variables in the module docs; unset or blank ones take defaults.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|var| std::env::var_os(var))
+        Self::read(&Env::process())
     }
 
     /// Like [`from_env`](Self::from_env), reading variables through `lookup` (tests use a
     /// map, so they never race on the process environment).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Self, ConfigError> {
-        let get = |var: &'static str| read_var(&lookup, var);
-        let path = |var: &'static str| -> Result<Option<PathBuf>, ConfigError> {
-            match lookup(var) {
-                Some(v) if !v.is_empty() => Ok(Some(PathBuf::from(v))),
-                _ => Ok(None),
-            }
-        };
+        Self::read(&Env::new(&lookup))
+    }
+
+    pub(crate) fn read(env: &Env) -> Result<Self, ConfigError> {
         let mut cfg = Self::default();
-        if let Some(v) = get(ENV_DISCOVERY_BACKEND)? {
-            cfg.backend = v.parse()?;
+        if let Some(backend) = env.parse(ENV_DISCOVERY_BACKEND)? {
+            cfg.backend = backend;
         }
-        if let Some(v) = get(ENV_DISCOVERY_LEASE_TTL)? {
-            cfg.lease_ttl = parse_seconds(ENV_DISCOVERY_LEASE_TTL, &v)?;
+        if let Some(ttl) = env.seconds(ENV_DISCOVERY_LEASE_TTL)? {
+            cfg.lease_ttl = ttl;
         }
-        if let Some(dir) = path(ENV_FILE_KV)? {
+        if let Some(dir) = env.path(ENV_FILE_KV) {
             cfg.file_dir = dir;
         }
         let etcd = &mut cfg.etcd;
-        if let Some(v) = get(ENV_ETCD_ENDPOINTS)? {
+        if let Some(v) = env.text(ENV_ETCD_ENDPOINTS)? {
             etcd.endpoints = v
                 .split(',')
                 .map(str::trim)
@@ -153,26 +154,19 @@ impl DiscoveryConfig {
                 .map(str::to_owned)
                 .collect();
         }
-        etcd.username = get(ENV_ETCD_USERNAME)?;
+        etcd.username = env.text(ENV_ETCD_USERNAME)?;
         // A password may legitimately have surrounding spaces: take it verbatim.
-        etcd.password = match lookup(ENV_ETCD_PASSWORD) {
-            Some(v) if !v.is_empty() => {
-                Some(v.into_string().map_err(|_| ConfigError::NotUnicode {
-                    var: ENV_ETCD_PASSWORD,
-                })?)
-            }
-            _ => None,
-        };
-        etcd.ca = path(ENV_ETCD_CA)?;
-        etcd.client_cert = path(ENV_ETCD_CLIENT_CERT)?;
-        etcd.client_key = path(ENV_ETCD_CLIENT_KEY)?;
+        etcd.password = env.verbatim(ENV_ETCD_PASSWORD)?;
+        etcd.ca = env.path(ENV_ETCD_CA);
+        etcd.client_cert = env.path(ENV_ETCD_CLIENT_CERT);
+        etcd.client_key = env.path(ENV_ETCD_CLIENT_KEY);
         cfg.validate()
     }
 
     /// Checks values that may have been set in code.
     pub fn validate(self) -> Result<Self, ConfigError> {
         if self.lease_ttl.is_zero() {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 ENV_DISCOVERY_LEASE_TTL,
                 "0",
                 "a positive number of seconds, e.g. 10 or 2.5",
@@ -183,7 +177,7 @@ impl DiscoveryConfig {
         }
         let etcd = &self.etcd;
         if etcd.endpoints.is_empty() {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 ENV_ETCD_ENDPOINTS,
                 "",
                 "comma-separated URLs such as http://10.0.0.1:2379,http://10.0.0.2:2379",
@@ -191,14 +185,14 @@ impl DiscoveryConfig {
         }
         match (&etcd.username, &etcd.password) {
             (Some(_), None) => {
-                return Err(invalid(
+                return Err(ConfigError::invalid(
                     ENV_ETCD_PASSWORD,
                     "",
                     "a password, since ETCD_AUTH_USERNAME is set",
                 ));
             }
             (None, Some(_)) => {
-                return Err(invalid(
+                return Err(ConfigError::invalid(
                     ENV_ETCD_USERNAME,
                     "",
                     "a user name, since ETCD_AUTH_PASSWORD is set",
@@ -212,10 +206,10 @@ impl DiscoveryConfig {
             } else {
                 (ENV_ETCD_CLIENT_CERT, ENV_ETCD_CLIENT_KEY)
             };
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 var,
                 "",
-                &format!("a PEM file path, since {other} is set"),
+                format!("a PEM file path, since {other} is set"),
             ));
         }
         for (var, value) in [
@@ -223,7 +217,7 @@ impl DiscoveryConfig {
             ("etcd request timeout", etcd.request_timeout),
         ] {
             if value.is_zero() {
-                return Err(invalid(var, "0", "a positive duration"));
+                return Err(ConfigError::invalid(var, "0", "a positive duration"));
             }
         }
         Ok(self)
@@ -233,14 +227,9 @@ impl DiscoveryConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn from(vars: &[(&str, &str)]) -> Result<DiscoveryConfig, ConfigError> {
-        let map: HashMap<String, OsString> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), OsString::from(v)))
-            .collect();
-        DiscoveryConfig::from_lookup(|k| map.get(k).cloned())
+        DiscoveryConfig::from_lookup(crate::config::test_lookup(vars))
     }
 
     #[test]

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use super::kv::LeaseId;
 use crate::config::ConfigError;
-use crate::planes::{RegisterError, RequestError};
+use crate::vocab::PathError;
 
 /// A backend's own error, boxed so that enabling a backend feature never changes the
 /// shape of [`DiscoveryError`].
@@ -75,7 +75,7 @@ pub enum DiscoveryError {
     #[error("invalid instance record at {key}: {reason}")]
     InvalidRecord { key: String, reason: String },
     #[error(transparent)]
-    InvalidEndpoint(#[from] RegisterError),
+    InvalidEndpoint(#[from] PathError),
     #[error("could not {action} {}: {source}; check {setting} and the file's permissions", path.display())]
     Io {
         action: &'static str,
@@ -106,42 +106,9 @@ impl DiscoveryError {
     }
 }
 
-/// Why an [`EndpointClient`](super::EndpointClient) call failed.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum RouteError {
-    #[error("no instances for {endpoint}{}; start a worker that registers it, or check the namespace and DYN_DISCOVERY_BACKEND", waited_for(*.waited))]
-    NoInstances {
-        endpoint: String,
-        /// How long the call waited for one to appear, if it was configured to.
-        waited: Option<Duration>,
-    },
-    #[error("instance {instance_id:x} of {endpoint} is not registered{}", waited_for(*.waited))]
-    UnknownInstance {
-        endpoint: String,
-        instance_id: u64,
-        waited: Option<Duration>,
-    },
-    #[error(
-        "instance {instance_id:x} of {endpoint} serves over {plane}, which this client cannot reach: {hint}"
-    )]
-    PlaneUnavailable {
-        endpoint: String,
-        instance_id: u64,
-        plane: &'static str,
-        hint: &'static str,
-    },
-    #[error(transparent)]
-    Request(#[from] RequestError),
-}
-
 fn held_by(holder: Option<LeaseId>) -> String {
     match holder {
         Some(lease) => format!("held by lease {lease}"),
         None => "written with no lease".to_owned(),
     }
-}
-
-fn waited_for(waited: Option<Duration>) -> String {
-    waited.map_or_else(String::new, |w| format!(" (waited {w:?})"))
 }

@@ -146,12 +146,12 @@ impl Stream for InstanceWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::planes::EndpointPath;
     use crate::planes::discovery::{KeyValue, Transport};
+    use crate::vocab::EndpointPath;
 
     fn record(id: u64, address: &str) -> InstanceRecord {
         let path = EndpointPath::new("ns", "c", "e", id).unwrap();
-        InstanceRecord::new(&path, Transport::tcp(address))
+        InstanceRecord::new(&path, Transport::new("tcp", address))
     }
 
     fn kv(record: &InstanceRecord) -> KeyValue {

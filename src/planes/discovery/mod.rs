@@ -11,34 +11,28 @@
 //!   lost lease is noticed, re-granted and every registration written again; a record
 //!   deleted or damaged under a live lease is rewritten at the next keep-alive. A key
 //!   another process holds is never overwritten nor deleted.
-//! - [`EndpointClient`]: routes requests for one endpoint to the instances discovery
-//!   reports, over the TCP request plane.
+//!
+//! Routing requests to the instances discovery reports is not part of discovery: it is
+//! [`crate::planes::routing`], a consumer of [`InstanceWatch`].
 //!
 //! Records live at `/services/{namespace}/{component}/{endpoint}/{instance_id:x}` as
 //! JSON [`InstanceRecord`]s (see [`record`](InstanceRecord) and the README).
 //!
 //! ```no_run
-//! use std::sync::Arc;
-//! use planewire::config::TcpConfig;
-//! use planewire::planes::discovery::{Discovery, DiscoveryConfig, EndpointClient, Transport};
-//! use planewire::planes::{EndpointPath, RequestPlaneServer};
-//! use planewire::tcp::TcpClient;
+//! use planewire::planes::discovery::{Discovery, DiscoveryConfig, Transport};
+//! use planewire::planes::request::{EndpointPath, RequestPlaneServer};
 //! # async fn demo(server: planewire::tcp::TcpServer) -> Result<(), Box<dyn std::error::Error>> {
 //! let discovery = Discovery::connect(&DiscoveryConfig::from_env()?).await?;
 //! // Worker: publish an endpoint the server hosts; dropping `handle` withdraws it.
 //! let path = EndpointPath::new("dynamo", "backend", "generate", 0x1f)?;
-//! let handle = discovery.register(&path, Transport::tcp(server.address(&path))).await?;
-//! // Frontend: route to whatever instances exist.
-//! let tcp = Arc::new(TcpClient::new(TcpConfig::default())?);
-//! let client =
-//!     EndpointClient::new(&discovery, "dynamo", "backend", "generate", tcp, Default::default())
-//!         .await?;
-//! let responses = client.call("hello").await?;
-//! # drop((handle, responses)); Ok(()) }
+//! let handle = discovery.register(&path, Transport::new("tcp", server.address(&path))).await?;
+//! // Anyone: the instances of an endpoint, now and as they come and go.
+//! let mut watch = discovery.watch("dynamo", "backend", "generate").await?;
+//! let instances = watch.current().await;
+//! # drop((handle, instances)); Ok(()) }
 //! ```
 
 mod config;
-mod endpoint_client;
 mod error;
 #[cfg(feature = "etcd")]
 mod etcd;
@@ -56,8 +50,7 @@ pub use config::{
     ENV_ETCD_CLIENT_CERT, ENV_ETCD_CLIENT_KEY, ENV_ETCD_ENDPOINTS, ENV_ETCD_PASSWORD,
     ENV_ETCD_USERNAME, ENV_FILE_KV, EtcdConfig,
 };
-pub use endpoint_client::{EndpointClient, EndpointClientConfig, Responses, Route};
-pub use error::{BoxError, DiscoveryError, RouteError};
+pub use error::{BoxError, DiscoveryError};
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdStore;
 pub use file::{FILE_POLL_INTERVAL, FileStore};

@@ -8,48 +8,43 @@
 //!  "transport":{"type":"tcp","address":"10.0.0.5:40123"}}
 //! ```
 //!
-//! or, on the NATS request plane, `"transport":{"type":"nats","subject":"pw.rq.dynamo.backend.generate.4d2"}`.
+//! or, on the NATS request plane, `"transport":{"type":"nats","address":"pw.rq.dynamo.backend.generate.4d2"}`.
+//! Discovery stores the tag and the address and knows no client: routing
+//! ([`crate::planes::routing`]) reads the tag to pick the plane.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::DiscoveryError;
-use crate::planes::EndpointPath;
+use crate::vocab::EndpointPath;
 
 /// Every instance record lives under this prefix.
 pub const SERVICES_PREFIX: &str = "/services/";
 
-/// How to reach an instance. Tagged by `"type"` so more transports (NATS) can be added
-/// without breaking readers of the existing ones.
+/// How to reach an instance: the request plane's name (`"type"`: `tcp`, `nats`, `http`,
+/// as `DYN_REQUEST_PLANE` spells it) and what that plane's client is given (`host:port`
+/// on TCP and HTTP/2, a subject on NATS). A tag a reader does not know is kept, so
+/// records of newer planes still parse.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum Transport {
-    /// The TCP request plane, at `host:port`.
-    Tcp { address: String },
-    /// The NATS request plane, on this subject (one per endpoint instance).
-    Nats { subject: String },
+pub struct Transport {
+    #[serde(rename = "type")]
+    pub plane: String,
+    /// Records written before the address was plane-neutral call it `subject` on NATS.
+    #[serde(alias = "subject")]
+    pub address: String,
 }
 
 impl Transport {
-    pub fn tcp(address: impl Into<String>) -> Self {
-        Self::Tcp {
+    pub fn new(plane: impl Into<String>, address: impl Into<String>) -> Self {
+        Self {
+            plane: plane.into(),
             address: address.into(),
-        }
-    }
-
-    pub fn nats(subject: impl Into<String>) -> Self {
-        Self::Nats {
-            subject: subject.into(),
         }
     }
 
     /// The address a request-plane client of this transport is given.
     pub fn address(&self) -> &str {
-        match self {
-            Self::Tcp { address } => address,
-            Self::Nats { subject } => subject,
-        }
+        &self.address
     }
 }
 
@@ -138,7 +133,7 @@ mod tests {
 
     fn record() -> InstanceRecord {
         let path = EndpointPath::new("dynamo", "backend", "generate", 0xabc).unwrap();
-        InstanceRecord::new(&path, Transport::tcp("127.0.0.1:4000"))
+        InstanceRecord::new(&path, Transport::new("tcp", "127.0.0.1:4000"))
     }
 
     #[test]
@@ -170,9 +165,21 @@ mod tests {
         assert!(err.to_string().contains("describes"), "{err}");
         let err = InstanceRecord::from_key_value(&key, b"{not json").unwrap_err();
         assert!(err.to_string().contains("bad JSON"), "{err}");
-        let unknown = br#"{"namespace":"a","component":"b","endpoint":"c","instance_id":1,
+        let incomplete = br#"{"namespace":"a","component":"b","endpoint":"c","instance_id":1,
             "transport":{"type":"carrier-pigeon"}}"#;
-        assert!(InstanceRecord::from_key_value("/services/a/b/c/1", unknown).is_err());
+        assert!(InstanceRecord::from_key_value("/services/a/b/c/1", incomplete).is_err());
+    }
+
+    #[test]
+    fn unknown_planes_parse_and_old_nats_records_read_their_subject() {
+        let newer = br#"{"namespace":"a","component":"b","endpoint":"c","instance_id":1,
+            "transport":{"type":"quic","address":"10.0.0.1:9"}}"#;
+        let record = InstanceRecord::from_key_value("/services/a/b/c/1", newer).unwrap();
+        assert_eq!(record.transport, Transport::new("quic", "10.0.0.1:9"));
+        let old = br#"{"namespace":"a","component":"b","endpoint":"c","instance_id":1,
+            "transport":{"type":"nats","subject":"pw.rq.a.b.c.1"}}"#;
+        let record = InstanceRecord::from_key_value("/services/a/b/c/1", old).unwrap();
+        assert_eq!(record.transport, Transport::new("nats", "pw.rq.a.b.c.1"));
     }
 
     #[test]

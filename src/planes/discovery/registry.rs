@@ -15,8 +15,8 @@ use super::kv::{KvStore, LeaseId};
 use super::lease::{self, LeaseState, Registrations};
 use super::memory::MemoryStore;
 use super::record::{InstanceRecord, Transport, endpoint_prefix};
-use crate::planes::EndpointPath;
 use crate::sync::lock;
+use crate::vocab::EndpointPath;
 
 /// The discovery plane of one process: one lease, the endpoints registered under it,
 /// and lists and watches of everyone's instances. Cheap to clone; clones share the

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::net::IpAddr;
 
 use super::queue::DEFAULT_SUBSCRIBER_BUFFER;
-use crate::config::{ConfigError, NatsConfig, feature_not_built, invalid, parse_count, read_var};
+use crate::config::{ConfigError, Env, require_positive};
 
 pub const ENV_EVENT_PLANE: &str = "DYN_EVENT_PLANE";
 pub const ENV_EVENT_PLANE_HOST: &str = "DYN_EVENT_PLANE_HOST";
@@ -64,7 +64,7 @@ impl std::str::FromStr for EventPlaneKind {
             "nats" => Err(not_built("nats")),
             "inproc" => Ok(Self::Inproc),
             "none" => Ok(Self::None),
-            _ => Err(invalid(
+            _ => Err(ConfigError::invalid(
                 ENV_EVENT_PLANE,
                 s,
                 "one of: zmq, nats, inproc, none",
@@ -75,7 +75,7 @@ impl std::str::FromStr for EventPlaneKind {
 
 /// The error for choosing a transport this build lacks.
 pub(crate) fn not_built(plane: &str) -> ConfigError {
-    feature_not_built(ENV_EVENT_PLANE, plane, "a transport this build has")
+    ConfigError::feature_not_built(ENV_EVENT_PLANE, plane, plane, "a transport this build has")
 }
 
 /// Everything the event plane reads from the environment.
@@ -92,8 +92,6 @@ pub struct EventPlaneConfig {
     /// `DYN_EVENT_PLANE_DURABLE` (`false`): NATS only; subscriptions made with a durable
     /// name keep their position in a JetStream stream across restarts.
     pub durable: bool,
-    /// `NATS_SERVER` and `NATS_AUTH_*`.
-    pub nats: NatsConfig,
 }
 
 impl Default for EventPlaneConfig {
@@ -103,57 +101,56 @@ impl Default for EventPlaneConfig {
             subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
             host: None,
             durable: false,
-            nats: NatsConfig::default(),
         }
     }
 }
 
 impl EventPlaneConfig {
+    /// Reads the `DYN_EVENT_*` variables; unset ones take defaults. NATS's connection
+    /// settings are [`NatsConfig`](crate::nats::NatsConfig)'s, shared with the request plane.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|var| std::env::var_os(var))
+        Self::read(&Env::process())
     }
 
+    /// Like [`from_env`](Self::from_env), reading variables through `lookup`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Self, ConfigError> {
-        let mut cfg = Self::default();
-        if let Some(v) = read_var(&lookup, ENV_EVENT_PLANE)? {
-            cfg.kind = v.parse()?;
+        Self::read(&Env::new(&lookup))
+    }
+
+    pub(crate) fn read(env: &Env) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        Self {
+            kind: env.parse(ENV_EVENT_PLANE)?.unwrap_or(defaults.kind),
+            subscriber_buffer: env
+                .count(ENV_EVENT_SUBSCRIBER_BUFFER)?
+                .unwrap_or(defaults.subscriber_buffer),
+            host: env.ip(ENV_EVENT_PLANE_HOST)?,
+            durable: env.flag(ENV_EVENT_DURABLE)?.unwrap_or(defaults.durable),
         }
-        if let Some(v) = read_var(&lookup, ENV_EVENT_SUBSCRIBER_BUFFER)? {
-            cfg.subscriber_buffer = parse_count(ENV_EVENT_SUBSCRIBER_BUFFER, &v)?;
+        .validate()
+    }
+
+    /// Checks values set in code: the transport is built, the buffer holds something.
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        require_positive(
+            ENV_EVENT_SUBSCRIBER_BUFFER,
+            self.subscriber_buffer,
+            "events per subscription",
+        )?;
+        match self.kind {
+            EventPlaneKind::Zmq if !cfg!(feature = "zmq") => Err(not_built("zmq")),
+            EventPlaneKind::Nats if !cfg!(feature = "nats") => Err(not_built("nats")),
+            _ => Ok(self),
         }
-        if let Some(v) = read_var(&lookup, ENV_EVENT_PLANE_HOST)? {
-            cfg.host = Some(v.parse().map_err(|_| {
-                invalid(
-                    ENV_EVENT_PLANE_HOST,
-                    &v,
-                    "an IP address to bind and advertise, e.g. 10.0.0.5",
-                )
-            })?);
-        }
-        if let Some(v) = read_var(&lookup, ENV_EVENT_DURABLE)? {
-            cfg.durable = match v.to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => true,
-                "0" | "false" | "no" | "off" => false,
-                _ => return Err(invalid(ENV_EVENT_DURABLE, &v, "true or false")),
-            };
-        }
-        cfg.nats = NatsConfig::from_lookup(&lookup)?;
-        Ok(cfg)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
 
     fn from(vars: &[(&str, &str)]) -> Result<EventPlaneConfig, ConfigError> {
-        let map: HashMap<String, OsString> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), OsString::from(v)))
-            .collect();
-        EventPlaneConfig::from_lookup(|k| map.get(k).cloned())
+        EventPlaneConfig::from_lookup(crate::config::test_lookup(vars))
     }
 
     #[test]
@@ -177,14 +174,12 @@ mod tests {
             ("DYN_EVENT_SUBSCRIBER_BUFFER", "16"),
             ("DYN_EVENT_PLANE_HOST", "::1"),
             ("DYN_EVENT_PLANE_DURABLE", "true"),
-            ("NATS_SERVER", "nats://127.0.0.1:1"),
         ])
         .unwrap();
         assert_eq!(cfg.kind, EventPlaneKind::None);
         assert_eq!(cfg.subscriber_buffer, 16);
         assert_eq!(cfg.host, Some("::1".parse().unwrap()));
         assert!(cfg.durable);
-        assert_eq!(cfg.nats.url, "nats://127.0.0.1:1");
         assert_eq!(
             from(&[("DYN_EVENT_PLANE", "inproc")]).unwrap().kind,
             EventPlaneKind::Inproc

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::EventError;
-use crate::codec::Utf8Bytes;
+use crate::vocab::Utf8Bytes;
 
 /// First byte of every envelope (the request plane's frames start with 0xB7).
 pub const EVENT_MAGIC: u8 = 0xE7;

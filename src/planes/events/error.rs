@@ -29,6 +29,8 @@ pub enum EventError {
         server: &'static str,
         url: String,
         reason: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     #[error("{plane} event plane: {reason}")]
     Transport { plane: &'static str, reason: String },

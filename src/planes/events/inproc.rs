@@ -8,8 +8,8 @@ use futures::future::BoxFuture;
 
 use super::queue::{SubscriberQueue, SubscriptionGuard};
 use super::{Event, EventError, EventPlaneKind, EventScope, EventSink, Transport};
-use crate::codec::Utf8Bytes;
 use crate::sync::lock;
+use crate::vocab::Utf8Bytes;
 
 type Bus = Arc<Mutex<HashMap<String, Vec<Weak<SubscriberQueue>>>>>;
 

@@ -41,12 +41,13 @@ pub use config::{
 pub use envelope::{ENVELOPE_HEADER_LEN, EVENT_MAGIC, EVENT_VERSION, Event, MAX_TOPIC_LEN};
 pub use error::EventError;
 pub use queue::{DEFAULT_SUBSCRIBER_BUFFER, Subscription, SubscriptionStats};
-pub use scope::{EVENT_CHANNELS_PREFIX, EventScope, SUBJECT_PREFIX, escape_token};
+pub use scope::{EVENT_CHANNELS_PREFIX, EventScope, SUBJECT_PREFIX};
 #[cfg(feature = "zmq")]
 pub use zmq::{ZMQ_MAX_MESSAGE, ZMQ_PEER_QUEUE_BYTES, ZMQ_PEER_QUEUE_MESSAGES, ZMQ_RECONNECT_MAX};
 
-use crate::codec::Utf8Bytes;
+use crate::nats::NatsLink;
 use crate::planes::discovery::Discovery;
+use crate::vocab::Utf8Bytes;
 use queue::{SubscriberQueue, SubscriptionGuard};
 
 /// One transport's publishing and subscribing; [`EventPlane`] adds the envelope,
@@ -106,41 +107,26 @@ pub struct EventPlane {
 
 impl EventPlane {
     /// The transport `config` selects. `discovery` is where ZMQ publishers register and
-    /// subscribers find them; the other transports do not use it.
+    /// subscribers find them; `nats` is the connection the NATS transport uses (made now
+    /// if no other plane has made it: the runtime shares it with the NATS request plane).
+    /// Each transport uses only what it needs.
     pub async fn connect(
         config: &EventPlaneConfig,
         discovery: &Discovery,
+        nats: &NatsLink,
     ) -> Result<Self, EventError> {
-        Self::connect_sharing(
-            config,
-            discovery,
-            #[cfg(feature = "nats")]
-            None,
-        )
-        .await
-    }
-
-    /// Like [`connect`](Self::connect); on `nats`, `nats_client` (when given) is the
-    /// connection to use instead of opening one: the runtime shares its request plane's.
-    pub(crate) async fn connect_sharing(
-        config: &EventPlaneConfig,
-        discovery: &Discovery,
-        #[cfg(feature = "nats")] nats_client: Option<async_nats::Client>,
-    ) -> Result<Self, EventError> {
+        let link = nats;
         let transport: Option<Arc<dyn Transport>> = match config.kind {
             EventPlaneKind::None => None,
             EventPlaneKind::Inproc => Some(Arc::new(inproc::Inproc::default())),
             #[cfg(feature = "zmq")]
             EventPlaneKind::Zmq => Some(Arc::new(zmq::Zmq::new(discovery.clone(), config.host))),
             #[cfg(feature = "nats")]
-            EventPlaneKind::Nats => Some(Arc::new(match nats_client {
-                Some(client) => nats::Nats::with_client(client, config),
-                None => nats::Nats::connect(config).await?,
-            })),
+            EventPlaneKind::Nats => Some(Arc::new(nats::Nats::connect(config, link).await?)),
             #[allow(unreachable_patterns)]
             other => return Err(config::not_built(other.as_str()).into()),
         };
-        let _ = discovery;
+        let _ = (discovery, link);
         Ok(Self {
             transport,
             subscriber_buffer: config.subscriber_buffer,

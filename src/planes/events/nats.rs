@@ -22,9 +22,9 @@ use tokio_util::task::AbortOnDropHandle;
 use super::config::EventPlaneConfig;
 use super::envelope::ENVELOPE_HEADER_LEN;
 use super::queue::{DRAIN_BEFORE_WAKE, SubscriberQueue, SubscriptionGuard};
-use super::{Event, EventError, EventPlaneKind, EventScope, EventSink, Transport, escape_token};
-use crate::codec::Utf8Bytes;
-use crate::nats::ConnectError;
+use super::{Event, EventError, EventPlaneKind, EventScope, EventSink, Transport};
+use crate::nats::{ConnectError, NatsLink};
+use crate::vocab::{Utf8Bytes, escape_token};
 
 /// How long a durable scope's stream keeps events. It bounds the server's disk use; a
 /// durable subscriber away for longer misses the oldest events (and counts them as gaps
@@ -38,17 +38,14 @@ pub(super) struct Nats {
 }
 
 impl Nats {
-    pub(super) async fn connect(config: &EventPlaneConfig) -> Result<Self, EventError> {
-        Ok(Self::with_client(
-            crate::nats::connect(&config.nats).await?,
-            config,
-        ))
-    }
-
-    /// Over a connection another plane already holds.
-    pub(super) fn with_client(client: async_nats::Client, config: &EventPlaneConfig) -> Self {
+    /// Over `link`'s connection, made now if no other plane has made it.
+    pub(super) async fn connect(
+        config: &EventPlaneConfig,
+        link: &NatsLink,
+    ) -> Result<Self, EventError> {
+        let client = link.client().await?;
         let jetstream = config.durable.then(|| jetstream::new(client.clone()));
-        Self { client, jetstream }
+        Ok(Self { client, jetstream })
     }
 
     async fn subscribe_core(
@@ -326,8 +323,9 @@ impl From<ConnectError> for EventError {
     fn from(err: ConnectError) -> Self {
         EventError::Unreachable {
             server: "NATS",
-            url: err.url,
-            reason: err.reason,
+            url: err.url.clone(),
+            reason: err.reason.clone(),
+            source: Some(Box::new(err)),
         }
     }
 }

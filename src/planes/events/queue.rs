@@ -251,7 +251,7 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
-    use crate::codec::Utf8Bytes;
+    use crate::vocab::Utf8Bytes;
 
     fn event(publisher_id: u64, sequence: u64) -> Event {
         Event {

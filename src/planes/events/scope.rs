@@ -1,10 +1,11 @@
 //! Where events live: a namespace and component (and optionally an endpoint), and the
 //! names derived from them on each transport.
 
-use std::fmt::{self, Write};
+use std::fmt;
 
 use super::EventError;
 use super::envelope::MAX_TOPIC_LEN;
+use crate::vocab::escape_token;
 
 /// Prefix of every event subject (NATS) and topic frame (ZMQ).
 pub const SUBJECT_PREFIX: &str = "pw.ev";
@@ -164,20 +165,6 @@ pub(crate) fn check_topic(topic: &str) -> Result<(), EventError> {
         });
     }
     Ok(())
-}
-
-/// Appends `name` as one subject token: ASCII letters, digits, `-` and `_` stay as they
-/// are; every other byte (including `.`, `*`, `>`, whitespace and each byte of a
-/// multi-byte character) becomes `~` and two uppercase hex digits. The mapping is
-/// one-to-one, so distinct names never share a subject.
-pub fn escape_token(name: &str, out: &mut String) {
-    for byte in name.bytes() {
-        if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
-            out.push(char::from(byte));
-        } else {
-            let _ = write!(out, "~{byte:02X}");
-        }
-    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use super::config::{
     ENV_ETCD_CA, ENV_ETCD_CLIENT_CERT, ENV_ETCD_CLIENT_KEY, ENV_ETCD_ENDPOINTS, EtcdConfig,
 };
 use super::kv::{KeyValue, KvStore, KvWatch, LeaseId};
-use crate::config::invalid;
+use crate::config::ConfigError;
 
 /// gRPC status codes etcd answers with (from the gRPC spec).
 mod code {
@@ -191,10 +191,10 @@ fn tls_options(config: &EtcdConfig) -> Result<Option<TlsOptions>, DiscoveryError
         return Ok(None);
     }
     if let Some(plain) = config.endpoints.iter().find(|e| e.starts_with("http://")) {
-        return Err(invalid(
+        return Err(ConfigError::invalid(
             ENV_ETCD_ENDPOINTS,
             plain,
-            &format!(
+            format!(
                 "https:// URLs, since TLS is configured ({ENV_ETCD_CA} or ETCD_AUTH_CLIENT_CERT)"
             ),
         )

@@ -22,8 +22,6 @@ use crate::planes::discovery::{DiscoveryError, ENV_FILE_KV, KeyValue, LeaseId};
 
 mod leases;
 
-use self::leases::OwnLease;
-
 /// Temp files older than this were left by a process killed mid-write.
 const ABANDONED_TEMP_AGE: Duration = Duration::from_secs(60);
 
@@ -55,6 +53,14 @@ enum Stored {
 }
 
 /// Holds the directory's lock until dropped (closing the file releases the `flock`).
+/// A lease this process granted: its TTL, and the expiry it last wrote (kept here, not
+/// in `leases`, so that this file needs nothing of its child).
+#[derive(Clone, Copy)]
+struct OwnLease {
+    ttl: Duration,
+    expires_ms: u64,
+}
+
 struct DirLock {
     _file: File,
 }

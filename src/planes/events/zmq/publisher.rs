@@ -22,7 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::zmtp::{self, Command, Incoming, Reader, SocketType, ZmtpError};
+use super::connection::{self, Reader};
+use super::zmtp::{self, Command, Incoming, SocketType, ZmtpError};
 use crate::planes::events::{ENVELOPE_HEADER_LEN, Event};
 use crate::sync::lock;
 
@@ -162,7 +163,7 @@ async fn serve_peer(
     let _ = stream.set_nodelay(true);
     let handshake = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        zmtp::handshake(stream, SocketType::Pub, MAX_PEER_MESSAGE),
+        connection::handshake(stream, SocketType::Pub, MAX_PEER_MESSAGE),
     );
     let (reader, writer) = tokio::select! {
         _ = stop.cancelled() => return,
@@ -376,7 +377,7 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     use super::*;
-    use crate::codec::Utf8Bytes;
+    use crate::vocab::Utf8Bytes;
 
     fn event(sequence: u64, payload: &'static [u8]) -> Event {
         Event {

@@ -15,7 +15,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::parse;
+use super::connection;
+use super::message::parse;
 use super::zmtp::{self, Command, Incoming, SocketType, ZmtpError};
 use crate::planes::events::queue::{DRAIN_BEFORE_WAKE, SubscriberQueue};
 
@@ -92,7 +93,7 @@ impl Receiver {
             }
         };
         let _ = stream.set_nodelay(true);
-        let handshake = zmtp::handshake(stream, SocketType::Sub, ZMQ_MAX_MESSAGE);
+        let handshake = connection::handshake(stream, SocketType::Sub, ZMQ_MAX_MESSAGE);
         let (mut reader, mut writer) =
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(halves)) => halves,

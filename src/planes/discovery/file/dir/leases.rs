@@ -5,20 +5,13 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::time::{Duration, SystemTime};
 
-use super::{Dir, io_err, now_ms};
+use super::{Dir, OwnLease, io_err, now_ms};
 use crate::planes::discovery::file::entry::{self, Contents, Problem};
 use crate::planes::discovery::file::layout::{
     lease_contents, lease_name, parse_lease, parse_lease_name, unix_millis,
 };
 use crate::planes::discovery::{DiscoveryError, LeaseId};
 use crate::sync::lock;
-
-/// A lease this process granted: its TTL, and the expiry it last wrote.
-#[derive(Clone, Copy)]
-pub(super) struct OwnLease {
-    ttl: Duration,
-    expires_ms: u64,
-}
 
 /// What a lease file holds.
 pub(super) enum LeaseFile {

@@ -1,0 +1,276 @@
+//! The HTTP/2 request plane's own behaviour, seen with a bare HTTP/2 client as `curl`
+//! would see it: the text records of `PROTOCOL.md` §12, the statuses of refusals, the
+//! root path, metadata and the deadline header, flow control. What every plane shares
+//! is in `request_planes.rs`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, stream};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use planewire::planes::request::http::{HttpClient, HttpConfig, HttpServer};
+use planewire::planes::request::{
+    CancellationToken, EndpointPath, HandlerError, Request, RequestPlaneClient, RequestPlaneServer,
+    ServerLimits, unary_handler,
+};
+use planewire::vocab::ErrorCode;
+use planewire_testkit::tcp::path;
+use planewire_testkit::within;
+
+fn config() -> HttpConfig {
+    HttpConfig {
+        host: Some("127.0.0.1".parse().unwrap()),
+        port: 0,
+        ..HttpConfig::default()
+    }
+}
+
+async fn echo_server(config: HttpConfig) -> (HttpServer, EndpointPath) {
+    let server = HttpServer::bind(config, ServerLimits::default())
+        .await
+        .unwrap();
+    let echo = path("echo");
+    server
+        .register(
+            &echo,
+            unary_handler(|req: Request| async move { Ok(req.payload) }),
+        )
+        .await
+        .unwrap();
+    (server, echo)
+}
+
+/// What `curl --http2-prior-knowledge -X METHOD --data BODY URL` gets: status and body.
+async fn bare(method: &str, url: String, body: &'static str) -> (u16, String) {
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let request = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("user-agent", "curl/8")
+        .header("x-request-id", "r-7")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let response = within("a bare request", client.request(request))
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = within("its body", response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_http2_client_reads_the_records_as_text() {
+    let (server, echo) = echo_server(config()).await;
+    let base = format!("http://{}", server.address(&echo));
+    let (status, body) = bare("POST", format!("{base}/test/worker/echo"), "hello").await;
+    assert_eq!((status, body.as_str()), (200, "item 5\nhello\nend\n"));
+    let (status, body) = bare("POST", format!("{base}/test/worker/echo/1"), "").await;
+    assert_eq!((status, body.as_str()), (200, "item 0\n\nend\n"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_statuses_with_one_error_record_naming_the_cause() {
+    let (server, echo) = echo_server(HttpConfig {
+        max_message_size: 16,
+        ..config()
+    })
+    .await;
+    let address = server.address(&echo);
+    let (host, _root) = address.split_once('/').unwrap();
+    let cases = [
+        (
+            "GET",
+            format!("http://{address}/test/worker/echo"),
+            "",
+            405,
+            "1 Protocol",
+            "POST to /v1/rpc/",
+        ),
+        (
+            "POST",
+            format!("http://{host}/elsewhere/test/worker/echo"),
+            "",
+            404,
+            "3 UnknownEndpoint",
+            "start with /v1/rpc/",
+        ),
+        (
+            "POST",
+            format!("http://{address}/test/worker/nope"),
+            "",
+            404,
+            "3 UnknownEndpoint",
+            "test/worker/nope",
+        ),
+        (
+            "POST",
+            format!("http://{address}/test/worker/echo"),
+            "far more than sixteen bytes",
+            413,
+            "2 FrameTooLarge",
+            "DYN_HTTP_MAX_MESSAGE_SIZE=16",
+        ),
+    ];
+    for (method, url, body, status, code, cause) in cases {
+        let (got, text) = bare(method, url.clone(), body).await;
+        assert_eq!(got, status, "{method} {url}: {text}");
+        assert!(text.starts_with(&format!("error {code} ")), "{text}");
+        assert!(text.contains(cause), "{text}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_see_custom_headers_but_not_http_ones() {
+    let server = HttpServer::bind(config(), ServerLimits::default())
+        .await
+        .unwrap();
+    let inspect = path("inspect");
+    let handler = unary_handler(|req: Request| async move {
+        let names: Vec<&str> = req.headers.iter().map(|(name, _)| name).collect();
+        Ok(Bytes::from(names.join(",")))
+    });
+    server.register(&inspect, handler).await.unwrap();
+    let url = format!("http://{}/test/worker/inspect", server.address(&inspect));
+    let (status, body) = bare("POST", url, "").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "item 12\nx-request-id\nend\n")
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_over_the_limit_ends_the_stream_and_the_connection_serves_on() {
+    let small = HttpConfig {
+        max_message_size: 4096,
+        ..config()
+    };
+    let (server, echo) = echo_server(small.clone()).await;
+    let big = path("big");
+    server
+        .register(
+            &big,
+            unary_handler(|_req: Request| async { Ok(Bytes::from(vec![1u8; 8192])) }),
+        )
+        .await
+        .unwrap();
+    let client = HttpClient::new(small).unwrap();
+    let address = server.address(&big);
+    let err = within(
+        "the size error",
+        client.unary(&address, Request::new(&big, "")),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::FrameTooLarge), "{err}");
+    assert!(
+        err.to_string().contains("DYN_HTTP_MAX_MESSAGE_SIZE"),
+        "{err}"
+    );
+    let reply = within(
+        "an echo after",
+        client.unary(&address, Request::new(&echo, "ok")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply, "ok");
+    server.shutdown().await;
+}
+
+/// A caller that stops reading pauses its handler at the stream's flow-control window:
+/// the handler is not polled for more than the window holds, and every item arrives once
+/// the caller reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_pauses_its_handler_and_loses_nothing() {
+    let server = HttpServer::bind(
+        HttpConfig {
+            adaptive_window: false,
+            ..config()
+        },
+        ServerLimits::default(),
+    )
+    .await
+    .unwrap();
+    let flood = path("flood");
+    let produced = Arc::new(AtomicUsize::new(0));
+    const ITEMS: usize = 2000;
+    const ITEM: usize = 16 * 1024;
+    {
+        let produced = Arc::clone(&produced);
+        let handler = move |_req: Request, _cancel: CancellationToken| {
+            let produced = Arc::clone(&produced);
+            stream::iter(0..ITEMS).map(move |i| {
+                produced.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, HandlerError>(Bytes::from(vec![(i % 251) as u8; ITEM]))
+            })
+        };
+        server.register(&flood, handler).await.unwrap();
+    }
+    let client = HttpClient::new(config()).unwrap();
+    let mut responses = client
+        .request(&server.address(&flood), Request::new(&flood, ""))
+        .await
+        .unwrap();
+    let first = within("the first item", responses.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.len(), ITEM);
+    // Let the server run into the window: what it produced stays bounded.
+    let mut settled = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let now = produced.load(Ordering::SeqCst);
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
+    let paused_at = produced.load(Ordering::SeqCst);
+    assert!(
+        paused_at < ITEMS / 2,
+        "the handler ran ahead of a reader that stopped: {paused_at} of {ITEMS} items made"
+    );
+    let mut count = 1;
+    while let Some(item) = within("the rest", responses.next()).await {
+        let item = item.unwrap();
+        assert_eq!(item[0], (count % 251) as u8, "item {count} in order");
+        count += 1;
+    }
+    assert_eq!(count, ITEMS);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_deadline_header_is_refused_by_name() {
+    let (server, echo) = echo_server(config()).await;
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/test/worker/echo", server.address(&echo)))
+        .header("pw-timeout-ms", "soon")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = within("the refusal", client.request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("pw-timeout-ms"), "{text}");
+    server.shutdown().await;
+}
