@@ -1,16 +1,17 @@
 //! planewire: the communication planes of a distributed inference runtime.
 //!
-//! Layers, bottom up (each imports only those before it):
+//! Layers, bottom up (each imports only those before it; within the request plane, the
+//! planes import the neutral traits and the dispatch imports the planes):
 //! - [`vocab`]: the words every plane shares: endpoint paths, header maps, error codes,
 //!   local-address detection, subject escaping.
 //! - [`config`]: the toolkit every plane's settings are read with (`from_env()`,
 //!   `validate()`), and where each plane's settings live.
 //! - [`codec`]: the TCP wire format, bytes ⇄ frames, no I/O (specified in `PROTOCOL.md`).
+//! - [`nats`]: the NATS connection the NATS request and event planes share.
 //! - [`planes::request`]: the request plane's neutral traits ([`RequestPlaneClient`],
 //!   [`RequestPlaneServer`], [`Handler`]) and errors; its planes, TCP ([`tcp`] and
-//!   [`pool`]) and NATS (feature `nats`); and the one dispatch over
+//!   [`pool`]), NATS and HTTP/2 (features `nats`, `http`); and the one dispatch over
 //!   them ([`PlaneClient`], [`PlaneServer`], [`Responses`]).
-//! - [`nats`]: the NATS connection the NATS request and event planes share.
 //! - [`planes::discovery`], [`planes::events`]: the discovery and event planes.
 //! - [`planes::routing`]: requests to the instances discovery reports.
 //! - [`runtime`]: the planes of one process built from the environment, and the
@@ -21,7 +22,8 @@
 //!
 //! # Cancel safety
 //! Dropping a response stream before its end cancels the request on the server (a CANCEL
-//! frame on TCP, a message to the endpoint's cancel subject on NATS); the handler's [`CancellationToken`] fires and its response stream is dropped.
+//! frame on TCP, a message to the endpoint's cancel subject on NATS, a stream reset on
+//! HTTP/2); the handler's [`CancellationToken`] fires and its response stream is dropped.
 //!
 //! [`RequestPlaneClient`]: planes::request::RequestPlaneClient
 //! [`RequestPlaneServer`]: planes::request::RequestPlaneServer
@@ -40,3 +42,8 @@ pub mod runtime;
 mod sync;
 pub mod tcp;
 pub mod vocab;
+
+/// The README's Rust examples, compiled as doc tests so that they keep up with the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;

@@ -152,8 +152,7 @@ struct Inner {
     discovery: Discovery,
     events: EventPlane,
     nats: NatsLink,
-    /// Reaches instances on every plane this build has (TCP on demand, NATS
-    /// when it is the configured plane).
+    /// Reaches instances on every plane this build has (see [`PlaneClient`]).
     client: PlaneClient,
     /// Started at the first `serve`: a process that only calls needs no listener.
     server: OnceCell<PlaneServer>,
@@ -221,8 +220,8 @@ impl Runtime {
         &self.inner.events
     }
 
-    /// Sends `request` straight to `address` (`host:port` on TCP, a subject
-    /// on NATS) on this runtime's request plane, bypassing discovery.
+    /// Sends `request` straight to `address` (what a discovery record of this runtime's
+    /// request plane would carry) on that plane, bypassing discovery.
     pub async fn request(
         &self,
         address: &str,

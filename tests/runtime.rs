@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use planewire::planes::request::{Request, unary_handler};
 use planewire::runtime::{Runtime, RuntimeConfig, RuntimeError};
@@ -82,9 +81,10 @@ async fn one_process_serves_calls_and_publishes() {
     rt.shutdown().await;
 }
 
-/// A worker and a frontend as two runtimes sharing file discovery, with zmq events
-/// when built (the default): the frontend finds the worker, calls it, hears its events,
-/// and sees it go when it shuts down.
+/// A worker and a frontend as two runtimes sharing file discovery and zmq events (the
+/// default; inproc events, without `zmq`, do not cross runtimes): the frontend finds the
+/// worker, calls it, hears its events, and sees it go when it shuts down.
+#[cfg(feature = "zmq")]
 #[tokio::test]
 async fn worker_and_frontend_meet_through_discovery() {
     let dir = tempfile::tempdir().unwrap();
@@ -96,7 +96,9 @@ async fn worker_and_frontend_meet_through_discovery() {
     backend
         .endpoint("generate")
         .serve(unary_handler(|req: Request| async move {
-            Ok(Bytes::from([b"worker:", req.payload.as_ref()].concat()))
+            Ok(bytes::Bytes::from(
+                [b"worker:", req.payload.as_ref()].concat(),
+            ))
         }))
         .await
         .unwrap();

@@ -1,7 +1,7 @@
 //! Client connections, pooled per remote address.
 //!
-//! The pool knows connections only through [`PooledConnection`] and opens them through a
-//! [`Connector`]: the TCP plane supplies both. Each address gets up to `pool_size`
+//! The pool knows connections only through `PooledConnection` and opens them through a
+//! `Connector`: the TCP plane supplies both. Each address gets up to `pool_size`
 //! (`DYN_TCP_POOL_SIZE`) connections. A request goes to the usable
 //! connection with the fewest streams in flight; a new connection is opened only when
 //! every open one already carries [`GROW_AT_IN_FLIGHT`] streams (multiplexing makes one
