@@ -85,16 +85,8 @@ mod built {
             concurrency: usize,
         ) -> Vec<PlaneCaller<HttpClient>> {
             let path = Utf8Bytes::from(&echo_path(responses));
-            (0..concurrency)
-                .map(|_| PlaneCaller {
-                    system: SYSTEM,
-                    client: Arc::clone(&self.client),
-                    address: Arc::clone(&self.address),
-                    path: path.clone(),
-                    payload: payload.clone(),
-                    responses,
-                })
-                .collect()
+            let caller = PlaneCaller::new(SYSTEM, &self.client, &self.address, path, payload);
+            vec![caller.expecting(responses); concurrency]
         }
     }
 }

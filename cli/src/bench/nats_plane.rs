@@ -65,16 +65,9 @@ impl NatsPlane {
         payload: &Bytes,
         concurrency: usize,
     ) -> Vec<PlaneCaller<NatsRequestClient>> {
-        (0..concurrency)
-            .map(|_| PlaneCaller {
-                system: SYSTEM,
-                client: Arc::clone(&self.client),
-                address: Arc::clone(&self.subject),
-                path: self.path.clone(),
-                payload: payload.clone(),
-                responses: 1,
-            })
-            .collect()
+        let path = self.path.clone();
+        let caller = PlaneCaller::new(SYSTEM, &self.client, &self.subject, path, payload);
+        vec![caller; concurrency]
     }
 
     pub async fn shutdown(self) {

@@ -98,16 +98,8 @@ impl Planewire {
         concurrency: usize,
     ) -> Vec<PlaneCaller<TcpClient>> {
         let path = Utf8Bytes::from(&echo_path(responses));
-        (0..concurrency)
-            .map(|_| PlaneCaller {
-                system: SYSTEM,
-                client: Arc::clone(&self.client),
-                address: Arc::clone(&self.address),
-                path: path.clone(),
-                payload: payload.clone(),
-                responses,
-            })
-            .collect()
+        let caller = PlaneCaller::new(SYSTEM, &self.client, &self.address, path, payload);
+        vec![caller.expecting(responses); concurrency]
     }
 }
 
@@ -120,6 +112,31 @@ pub(crate) struct PlaneCaller<C> {
     pub(super) path: Utf8Bytes,
     pub(super) payload: Bytes,
     pub(super) responses: usize,
+}
+
+impl<C> PlaneCaller<C> {
+    /// A caller of `path` at `address` that expects one response per request.
+    pub(super) fn new(
+        system: &'static str,
+        client: &Arc<C>,
+        address: &Arc<str>,
+        path: Utf8Bytes,
+        payload: &Bytes,
+    ) -> Self {
+        Self {
+            system,
+            client: Arc::clone(client),
+            address: Arc::clone(address),
+            path,
+            payload: payload.clone(),
+            responses: 1,
+        }
+    }
+
+    /// This caller, expecting `responses` responses per request.
+    pub(super) fn expecting(self, responses: usize) -> Self {
+        Self { responses, ..self }
+    }
 }
 
 // By hand: a derive would want `C: Clone`, but only the `Arc` is cloned.
