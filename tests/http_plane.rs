@@ -274,3 +274,31 @@ async fn a_malformed_deadline_header_is_refused_by_name() {
     assert!(text.contains("pw-timeout-ms"), "{text}");
     server.shutdown().await;
 }
+
+/// Bytes that are not HTTP/2 (an HTTP/1 request, then noise) close that connection within
+/// the bound, and a well-behaved client on another connection is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_instead_of_the_preface_closes_that_connection_and_serves_the_rest() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (server, echo) = echo_server(config()).await;
+    let base = format!("http://{}", server.address(&echo));
+    let authority = server.address(&echo);
+    let socket_address = authority.split('/').next().unwrap().to_owned();
+    let mut raw = tokio::net::TcpStream::connect(&socket_address)
+        .await
+        .unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff\x13garbage")
+        .await
+        .unwrap();
+    let (status, body) = bare("POST", format!("{base}/test/worker/echo"), "still").await;
+    assert_eq!((status, body.as_str()), (200, "item 5\nstill\nend\n"));
+    // The server ends the bad connection (within the bound): a clean end of stream, or
+    // a reset because our unread garbage was still in its buffer.
+    let mut sink = Vec::new();
+    let closed = within("the bad connection to close", raw.read_to_end(&mut sink)).await;
+    if let Err(err) = closed {
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    }
+    server.shutdown().await;
+}
