@@ -153,13 +153,11 @@ pub(crate) struct FrameWriter<W> {
     /// Wire bytes of the frames in `urgent` and `backlog`.
     waiting: usize,
     max_frame_len: usize,
-    /// Whether PONG overtakes queued data. Not on a client: its PONG tells the server
-    /// that every request sent before it has arrived (`PROTOCOL.md` §7.11), so it
-    /// keeps its place behind them.
-    urgent_pong: bool,
-    /// Whether `last_progress` is kept: only a server watches for a peer that stops
-    /// reading, and a client saves the clock reads (two per request).
-    track_progress: bool,
+    /// A server's PONG overtakes queued data; a client's does not: its PONG tells the
+    /// server that every request sent before it has arrived (`PROTOCOL.md` §7.11), so it
+    /// keeps its place behind them. Only a server keeps `last_progress` (it watches for
+    /// a peer that stops reading); a client saves the two clock reads per request.
+    side: Side,
     /// When output last moved (or started waiting): a peer that stops reading is seen
     /// by this not advancing.
     last_progress: Instant,
@@ -181,8 +179,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             backlog: VecDeque::new(),
             waiting: 0,
             max_frame_len,
-            urgent_pong: side == Side::Server,
-            track_progress: side == Side::Server,
+            side,
             last_progress: Instant::now(),
         }
     }
@@ -193,7 +190,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// `encode`).
     pub(crate) fn push(&mut self, frame: Frame) {
         let len = frame.wire_len();
-        if self.track_progress && self.queued() == 0 {
+        if self.side == Side::Server && self.queued() == 0 {
             self.last_progress = Instant::now();
         }
         // Nothing waits and the batch has room: the frame goes straight into it, where it
@@ -205,7 +202,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.waiting += len;
         let urgent = match frame {
             Frame::GoAway { .. } | Frame::Ping { .. } | Frame::WindowUpdate { .. } => true,
-            Frame::Pong { .. } => self.urgent_pong,
+            Frame::Pong { .. } => self.side == Side::Server,
             _ => false,
         };
         if urgent {
@@ -284,7 +281,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.writing.advance(written);
-            if self.track_progress {
+            if self.side == Side::Server {
                 self.last_progress = Instant::now();
             }
         }
