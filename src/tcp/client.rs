@@ -104,7 +104,7 @@ impl TcpClient {
             // back unsent; the pool no longer picks that connection, so this ends.
             loop {
                 let conn = pool.connection().await?;
-                match conn.start(frame, len, deadline, timeout).await {
+                match conn.start(frame, len, deadline).await {
                     Ok(stream) => return Ok(stream),
                     Err(StartError::GoingAway(request)) => frame = request,
                     Err(StartError::Failed(err)) => return Err(err),

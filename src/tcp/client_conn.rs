@@ -6,7 +6,6 @@
 //! server that stops reading holds callers back instead of growing the queue.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -17,8 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
-use tokio::time::{Instant, Sleep};
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client_writer::{SendError, Sender, write_side};
@@ -45,6 +44,15 @@ struct Shared {
     is_closed: AtomicBool,
     read_capacity: Arc<AtomicUsize>,
     max_frame_len: usize,
+    /// The request timeout: every stream's deadline is its start plus this.
+    timeout: Duration,
+    /// When the reader's deadline timer fires, in nanoseconds after `epoch`. Written
+    /// under the `streams` lock, so a stream registered after the reader last looked
+    /// reads the time the reader chose then.
+    timer_at: AtomicU64,
+    epoch: Instant,
+    /// Asks the reader to look at the deadlines again: a stream is due before its timer.
+    rearm: Notify,
 }
 
 impl Shared {
@@ -61,6 +69,38 @@ impl Shared {
         removed
     }
 
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// After a stream is registered: the reader's timer must not fire later than the
+    /// stream's deadline (give or take the timer's own millisecond).
+    fn watch_deadline(&self, deadline: Instant) {
+        if self.nanos(deadline) + DEADLINE_SLACK_NANOS < self.timer_at.load(Ordering::Relaxed) {
+            self.rearm.notify_one();
+        }
+    }
+
+    /// Removes the streams whose deadline has passed, to be failed as timed out, and
+    /// picks when to look next: the earliest deadline left, and no later than one timeout
+    /// from now, which no stream started later can be due before.
+    fn expire(&self, now: Instant) -> (Vec<(u64, Arc<StreamSlot>)>, Instant) {
+        let mut next = now.checked_add(self.timeout).unwrap_or(now + FAR_FUTURE);
+        let mut expired = Vec::new();
+        let mut streams = lock(&self.streams);
+        streams.retain(|id, slot| {
+            if slot.deadline() <= now {
+                expired.push((*id, Arc::clone(slot)));
+                return false;
+            }
+            next = next.min(slot.deadline());
+            true
+        });
+        self.in_flight.fetch_sub(expired.len(), Ordering::Relaxed);
+        self.timer_at.store(self.nanos(next), Ordering::Relaxed);
+        (expired, next)
+    }
+
     fn fail_all(&self, error: &RequestError) {
         let drained: Vec<_> = lock(&self.streams).drain().collect();
         self.in_flight.fetch_sub(drained.len(), Ordering::Relaxed);
@@ -69,6 +109,12 @@ impl Shared {
         }
     }
 }
+
+/// How late a stream's timeout may be reported: tokio's timer counts in milliseconds, so
+/// re-arming it for less would not make a timeout fire sooner.
+const DEADLINE_SLACK_NANOS: u64 = 1_000_000;
+/// A timer for a timeout too long to add to the clock: about a year, never reached.
+const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Why [`ClientConnection::start`] did not open a stream.
 pub(crate) enum StartError {
@@ -109,6 +155,7 @@ impl ClientConnection {
             })?;
         let (rd, wr) = socket.into_split();
         let reader = FrameReader::new(rd, config.max_message_size, config.shrink_message_size);
+        let epoch = Instant::now();
         let shared = Arc::new(Shared {
             address: address.to_owned(),
             streams: Mutex::default(),
@@ -119,6 +166,11 @@ impl ClientConnection {
             is_closed: AtomicBool::new(false),
             read_capacity: reader.held_bytes(),
             max_frame_len: config.max_message_size,
+            timeout: config.request_timeout,
+            // The reader arms its timer as it starts; until then any stream asks it to.
+            timer_at: AtomicU64::new(u64::MAX),
+            epoch,
+            rearm: Notify::new(),
         });
         let writer = FrameWriter::new(wr, config.max_message_size, Side::Client);
         let (tx, mut writer_task) = write_side(writer, config.channel_buffer);
@@ -174,13 +226,12 @@ impl ClientConnection {
         mut request: RequestFrame,
         len: usize,
         deadline: Instant,
-        timeout: Duration,
     ) -> Result<ResponseStream, StartError> {
         let Ok(permit) = budget_share(len, &self.budget).await else {
             let reason = "the connection closed before the request was sent";
             return Err(StartError::Failed(self.lost(reason)));
         };
-        let slot = Arc::new(StreamSlot::default());
+        let slot = Arc::new(StreamSlot::new(deadline));
         // Behind the send gate, which a GOAWAY closes: a request queued here goes out
         // before the PONG that tells the server we have seen the GOAWAY, and one that
         // comes later sees the GOAWAY and goes elsewhere. Callers share the gate.
@@ -205,13 +256,12 @@ impl ClientConnection {
             // queues, where the writer task batches it with theirs.
             (stream_id, self.tx.try_send(out, alone))
         };
+        self.shared.watch_deadline(deadline);
         let mut stream = ResponseStream {
             slot,
             stream_id,
             shared: Arc::clone(&self.shared),
             tx: Some(Arc::clone(&self.tx)),
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
-            timeout,
         };
         // A full queue is waited on outside the gate, so such a request can still land
         // behind an idle close's PONG and be refused as not processed (retryable). It
@@ -259,11 +309,29 @@ async fn read_loop(
     let closed = shared.closed.clone();
     let writer_failed = closed.cancelled();
     tokio::pin!(writer_failed);
+    // One timer for the deadlines of all the connection's streams, in place of one per
+    // request: it is re-armed when it fires or a stream is due before it, which with
+    // one timeout for every stream is about once per timeout, not once per request.
+    let (_, first) = shared.expire(Instant::now());
+    let timer = tokio::time::sleep_until(first);
+    let rearm = shared.rearm.notified();
+    tokio::pin!(timer, rearm);
     let reason = loop {
         let frame = tokio::select! {
             biased;
             _ = &mut writer_failed => break "the connection could not be written to".to_owned(),
-            frame = reader.next_frame() => frame,
+            () = &mut timer => None,
+            () = &mut rearm => {
+                rearm.set(shared.rearm.notified());
+                None
+            }
+            frame = reader.next_frame() => Some(frame),
+        };
+        let Some(frame) = frame else {
+            let (expired, next) = shared.expire(Instant::now());
+            time_out(&shared, &tx, expired);
+            timer.as_mut().reset(next);
+            continue;
         };
         match frame {
             Ok(Some(frame)) => {
@@ -280,6 +348,23 @@ async fn read_loop(
         address: shared.address.clone(),
         reason,
     });
+}
+
+/// Fails streams past their deadline and cancels them on the server.
+fn time_out(shared: &Shared, tx: &Weak<Sender>, expired: Vec<(u64, Arc<StreamSlot>)>) {
+    if expired.is_empty() {
+        return;
+    }
+    let tx = tx.upgrade();
+    for (stream_id, slot) in expired {
+        slot.finish(Err(RequestError::Timeout {
+            timeout: shared.timeout,
+            setting: ENV_TCP_REQUEST_TIMEOUT,
+        }));
+        if let Some(tx) = &tx {
+            tx.send_control(Frame::Cancel { stream_id });
+        }
+    }
 }
 
 /// Routes one frame from the server; `Err` closes the connection with that reason.
@@ -387,8 +472,6 @@ pub struct ResponseStream {
     /// For CANCEL and WINDOW_UPDATE; `None` once the stream is over, so a finished
     /// stream the caller still holds does not keep its connection open.
     tx: Option<Arc<Sender>>,
-    deadline: Pin<Box<Sleep>>,
-    timeout: Duration,
 }
 
 impl ResponseStream {
@@ -432,23 +515,14 @@ impl Stream for ResponseStream {
                 // the caller should see one kind of timeout either way.
                 let err = match err.code() {
                     Some(ErrorCode::DeadlineExceeded) => RequestError::Timeout {
-                        timeout: self.timeout,
+                        timeout: self.shared.timeout,
                         setting: ENV_TCP_REQUEST_TIMEOUT,
                     },
                     _ => err,
                 };
                 Poll::Ready(Some(Err(err)))
             }
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    self.cancel();
-                    Poll::Ready(Some(Err(RequestError::Timeout {
-                        timeout: self.timeout,
-                        setting: ENV_TCP_REQUEST_TIMEOUT,
-                    })))
-                }
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -456,5 +530,111 @@ impl Stream for ResponseStream {
 impl Drop for ResponseStream {
     fn drop(&mut self) {
         self.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use tokio::net::TcpListener;
+    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+    use super::*;
+
+    const MAX_FRAME: usize = 1 << 20;
+
+    /// A connection to a peer that reads our frames and never answers; the peer's frame
+    /// reader, and its write half, which the test holds so the connection stays open.
+    async fn silent_peer(
+        timeout: Duration,
+    ) -> (ClientConnection, FrameReader<OwnedReadHalf>, OwnedWriteHalf) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap();
+        let config = TcpConfig {
+            request_timeout: timeout,
+            max_message_size: MAX_FRAME,
+            ..TcpConfig::default()
+        };
+        let address = target.to_string();
+        let (conn, accepted) = tokio::join!(
+            ClientConnection::connect(&address, target, &config),
+            listener.accept()
+        );
+        let (rd, wr) = accepted.unwrap().0.into_split();
+        let conn = conn.unwrap();
+        // Until its reader task has armed the timer, every new stream sets it.
+        while conn.shared.timer_at.load(Ordering::Relaxed) == u64::MAX {
+            tokio::task::yield_now().await;
+        }
+        (conn, FrameReader::new(rd, MAX_FRAME, MAX_FRAME), wr)
+    }
+
+    async fn open(conn: &ClientConnection, deadline: Instant) -> ResponseStream {
+        let request = RequestFrame {
+            stream_id: 0,
+            path: "ns/component/silent".into(),
+            headers: Default::default(),
+            payload: Bytes::from_static(b"hello"),
+            timeout: None,
+        };
+        let len = request.checked_len(MAX_FRAME).unwrap();
+        match conn.start(request, len, deadline).await {
+            Ok(stream) => stream,
+            Err(_) => panic!("the stream did not start"),
+        }
+    }
+
+    /// The next frame the peer reads, within a bound far below any timeout under test.
+    async fn peer_frame(peer: &mut FrameReader<OwnedReadHalf>) -> Frame {
+        let frame = tokio::time::timeout(Duration::from_secs(20), peer.next_frame());
+        frame
+            .await
+            .expect("no frame reached the peer")
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn expect_timeout(stream: &mut ResponseStream, within: Duration) {
+        let next = tokio::time::timeout(within, stream.next()).await;
+        match next.expect("the stream outlived its deadline") {
+            Some(Err(err)) => {
+                assert!(err.is_timeout(), "expected a timeout, got {err}");
+                assert!(err.to_string().contains(ENV_TCP_REQUEST_TIMEOUT), "{err}");
+            }
+            _ => panic!("expected a timeout error"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_due_before_the_connection_timer_still_times_out_on_time() {
+        // The connection's timer is set for one request timeout (an hour) ahead; a
+        // stream that waited before it was sent is due much sooner and must re-arm it.
+        let (conn, mut peer, _open) = silent_peer(Duration::from_secs(3600)).await;
+        let mut patient = open(&conn, Instant::now() + Duration::from_secs(3600)).await;
+        let mut hurried = open(&conn, Instant::now() + Duration::from_millis(200)).await;
+        expect_timeout(&mut hurried, Duration::from_secs(20)).await;
+        assert_eq!(peer_frame(&mut peer).await.stream_id(), 1);
+        assert_eq!(peer_frame(&mut peer).await.stream_id(), 2);
+        // The server is told to stop the timed-out request, and only that one.
+        assert_eq!(peer_frame(&mut peer).await, Frame::Cancel { stream_id: 2 });
+        assert_eq!(conn.in_flight(), 1);
+        let still_open = tokio::time::timeout(Duration::from_millis(50), patient.next()).await;
+        assert!(still_open.is_err(), "the other stream ended too");
+    }
+
+    #[tokio::test]
+    async fn streams_started_after_the_timer_fired_time_out_too() {
+        let timeout = Duration::from_millis(150);
+        let (conn, mut peer, _open) = silent_peer(timeout).await;
+        for round in 1..=3u64 {
+            let mut stream = open(&conn, Instant::now() + timeout).await;
+            expect_timeout(&mut stream, Duration::from_secs(20)).await;
+            assert_eq!(peer_frame(&mut peer).await.stream_id(), round);
+            assert_eq!(
+                peer_frame(&mut peer).await,
+                Frame::Cancel { stream_id: round }
+            );
+            assert_eq!(conn.in_flight(), 0);
+        }
     }
 }

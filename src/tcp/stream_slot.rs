@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use crate::codec::{INITIAL_STREAM_WINDOW, window_cost};
 use crate::planes::request::RequestError;
@@ -44,12 +45,24 @@ struct State {
     read: usize,
 }
 
-#[derive(Default)]
 pub(crate) struct StreamSlot {
     state: Mutex<State>,
+    /// When the request times out; the connection's reader enforces it.
+    deadline: Instant,
 }
 
 impl StreamSlot {
+    pub(crate) fn new(deadline: Instant) -> Self {
+        Self {
+            state: Mutex::default(),
+            deadline,
+        }
+    }
+
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// Queues one DATA item; `Err(outstanding)` when the server has sent more than the
     /// window allows (`max_frame_len` of slack, since any credit admits one frame).
     pub(crate) fn push(&self, item: Bytes, max_frame_len: usize) -> Result<(), usize> {

@@ -88,6 +88,9 @@ pub struct BenchOptions {
     /// and skip the event plane; repeat for several cells of the plan.
     #[arg(long = "cell", value_name = "CELL", value_parser = cells::parse_cell)]
     pub cells: Vec<Cell>,
+    /// Connections the floor pipelines its requests over at concurrency above 1.
+    #[arg(long, value_name = "N", default_value_t = raw::PIPELINE_CONNECTIONS, value_parser = clap::value_parser!(u16).range(1..))]
+    pub floor_connections: u16,
     /// The `planewire` executable that runs the server process [default: this one].
     #[arg(long, value_name = "PATH", hide = true)]
     pub server_exe: Option<PathBuf>,
@@ -188,6 +191,7 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<CellResult>, BenchError> 
     let plane = Planewire::connect(plane_address)?;
     let raw = RawClient {
         address: raw_address,
+        connections: usize::from(options.floor_connections),
     };
     let cells = cells::select(plane.max_unary_payload(), &options.cells);
     if cells.is_empty() {
@@ -580,7 +584,12 @@ async fn floor_run(
         return measure(vec![caller], rate, timing).await;
     }
     let callers = raw
-        .pipeline(cell.payload, cell.responses, cell.concurrency)
+        .pipeline(
+            cell.payload,
+            cell.responses,
+            cell.concurrency,
+            raw.connections,
+        )
         .await?;
     measure(callers, rate, timing).await
 }

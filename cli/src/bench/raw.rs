@@ -22,6 +22,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Payloads from this size on are written from the read buffer rather than copied.
 const WRITE_DIRECT: usize = 64 * 1024;
 const SYSTEM: &str = "raw TCP";
+/// Connections the floor pipelines over by default.
+pub(crate) const PIPELINE_CONNECTIONS: u16 = 1;
 
 /// The raw echo server. Dropping it stops accepting; open connections end with their clients.
 pub(crate) struct RawServer {
@@ -57,6 +59,8 @@ impl RawServer {
 /// The floor's client side, for a [`RawServer`] in this process or another.
 pub(crate) struct RawClient {
     pub address: SocketAddr,
+    /// Connections a pipelined run spreads its callers over.
+    pub connections: usize,
 }
 
 impl RawClient {
@@ -83,32 +87,39 @@ impl RawClient {
         })
     }
 
-    /// `concurrency` callers sharing one pipelined connection: a writer task batches what
-    /// the callers queue, a reader task completes them in order.
+    /// `concurrency` callers spread evenly over `connections` pipelined connections: on
+    /// each, a writer task batches what its callers queue and a reader task completes
+    /// them in order.
     pub async fn pipeline(
         &self,
         payload: usize,
         responses: usize,
         concurrency: usize,
+        connections: usize,
     ) -> Result<Vec<Pipelined>, BenchError> {
-        let (read, write) = self.connect().await?.into_split();
-        let (queue_tx, queue_rx) = mpsc::channel(concurrency);
-        // Each caller has at most one request in flight, so `concurrency` slots never fill.
-        let (pending_tx, pending_rx) = mpsc::channel(concurrency);
+        let connections = connections.clamp(1, concurrency.max(1));
         let request = request_bytes(payload, responses);
-        tokio::spawn(write_pipeline(
-            write,
-            queue_rx,
-            pending_tx,
-            request,
-            concurrency,
-        ));
-        tokio::spawn(read_pipeline(read, pending_rx, responses * (4 + payload)));
-        Ok((0..concurrency)
-            .map(|_| Pipelined {
+        let mut callers = Vec::with_capacity(concurrency);
+        for index in 0..connections {
+            // This connection's share: the first `concurrency % connections` get one more.
+            let share = concurrency / connections + usize::from(index < concurrency % connections);
+            let (read, write) = self.connect().await?.into_split();
+            let (queue_tx, queue_rx) = mpsc::channel(share);
+            // Each caller has at most one request in flight, so `share` slots never fill.
+            let (pending_tx, pending_rx) = mpsc::channel(share);
+            tokio::spawn(write_pipeline(
+                write,
+                queue_rx,
+                pending_tx,
+                request.clone(),
+                share,
+            ));
+            tokio::spawn(read_pipeline(read, pending_rx, responses * (4 + payload)));
+            callers.extend((0..share).map(|_| Pipelined {
                 queue: queue_tx.clone(),
-            })
-            .collect())
+            }));
+        }
+        Ok(callers)
     }
 }
 
