@@ -35,6 +35,7 @@
 
 pub mod codec;
 pub mod config;
+mod hash;
 pub mod nats;
 pub mod planes;
 pub mod pool;

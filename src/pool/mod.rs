@@ -10,13 +10,13 @@
 //! spreading thin over them), and when that connect fails, every caller waiting on it gets
 //! its error at once. Dead or draining connections are pruned on the next pick.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::hash::LocalMap;
 use crate::planes::request::RequestError;
 use crate::sync::lock;
 
@@ -51,7 +51,7 @@ pub(crate) trait Connector: Send + Sync + 'static {
 pub(crate) struct Pools<C: Connector> {
     connector: Arc<C>,
     pool_size: usize,
-    by_address: Mutex<HashMap<String, Arc<AddressPool<C>>>>,
+    by_address: Mutex<LocalMap<String, Arc<AddressPool<C>>>>,
 }
 
 impl<C: Connector> Pools<C> {

@@ -5,7 +5,6 @@
 //! Requests wait for a share of the connection's output budget before queueing, so a
 //! server that stops reading holds callers back instead of growing the queue.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -25,13 +24,14 @@ use super::config::{ENV_CONNECT_TIMEOUT, ENV_TCP_REQUEST_TIMEOUT, TcpConfig};
 use super::io::{FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound, Side, budget_share};
 use super::stream_slot::{Next, StreamSlot};
 use crate::codec::{ErrorCode, Frame, RequestFrame};
+use crate::hash::LocalMap;
 use crate::planes::request::RequestError;
 use crate::sync::lock;
 
 /// State shared by the connection handle, its reader task and its response streams.
 struct Shared {
     address: String,
-    streams: Mutex<HashMap<u64, Arc<StreamSlot>>>,
+    streams: Mutex<LocalMap<u64, Arc<StreamSlot>>>,
     in_flight: AtomicUsize,
     /// Set after go-away: finish what is open, start nothing new.
     going_away: AtomicBool,

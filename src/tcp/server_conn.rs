@@ -446,7 +446,7 @@ impl Connection {
             self.refuse(stream_id, ErrorCode::UnknownEndpoint, msg);
             return Ok(());
         };
-        let Ok(permit) = Arc::clone(&endpoint.slots).try_acquire_owned() else {
+        let Some(permit) = endpoint.slots.try_take() else {
             let msg = format!(
                 "endpoint {} overloaded: all {} request slots are busy; retry later",
                 request.path, self.shared.max_concurrent_requests

@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::io::Outbound;
 use crate::codec::{ErrorCode, Frame, HEADER_LEN, INITIAL_STREAM_WINDOW, fit_message, window_cost};
-use crate::planes::request::{HandlerError, HandlerStream};
+use crate::planes::request::{HandlerError, HandlerStream, Slot};
 
 /// What to send after one step of a handler's stream.
 pub(super) enum Step {
@@ -188,7 +188,7 @@ pub(super) struct StreamTask {
     /// Fired by the client's CANCEL or the connection closing.
     pub(super) token: CancellationToken,
     pub(super) deadline: Option<Instant>,
-    pub(super) permit: OwnedSemaphorePermit,
+    pub(super) permit: Slot,
 }
 
 impl StreamTask {

@@ -1,25 +1,59 @@
 //! [`EndpointTable`]: the endpoints one server hosts, looked up per request. Shared by
 //! the planes whose requests name their endpoint by path (TCP, HTTP/2).
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::Semaphore;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::error::RegisterError;
 use super::handler::Handler;
+use crate::hash::LocalMap;
 use crate::vocab::EndpointPath;
 
 /// A registered handler and its concurrency slots.
 pub(crate) struct Endpoint {
     pub(crate) handler: Arc<dyn Handler>,
-    /// `max_concurrent_requests` permits: a request that finds none is `Overloaded`.
-    pub(crate) slots: Arc<Semaphore>,
+    /// `max_concurrent_requests` slots: a request that finds none is `Overloaded`.
+    pub(crate) slots: Arc<Slots>,
+}
+
+/// An endpoint's request slots. Requests never wait for one (they are refused), so a
+/// counter does: a semaphore would take its waiters' lock on every release, once per
+/// request.
+pub(crate) struct Slots {
+    free: AtomicUsize,
+}
+
+impl Slots {
+    fn new(count: usize) -> Self {
+        Self {
+            free: AtomicUsize::new(count),
+        }
+    }
+
+    /// A slot, held until the guard drops; `None` when all are taken.
+    pub(crate) fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        self.free
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |free| {
+                free.checked_sub(1)
+            })
+            .ok()?;
+        Some(Slot(Arc::clone(self)))
+    }
+}
+
+/// One taken slot of an endpoint; dropping it frees the slot.
+pub(crate) struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.free.fetch_add(1, Ordering::Release);
+    }
 }
 
 /// Endpoints by path (`ns/component/endpoint/{instance hex}`).
 pub(crate) struct EndpointTable {
-    endpoints: RwLock<HashMap<String, Arc<Endpoint>>>,
+    endpoints: RwLock<LocalMap<String, Arc<Endpoint>>>,
     max_concurrent_requests: usize,
 }
 
@@ -43,7 +77,7 @@ impl EndpointTable {
         }
         let endpoint = Endpoint {
             handler: Arc::new(handler),
-            slots: Arc::new(Semaphore::new(self.max_concurrent_requests)),
+            slots: Arc::new(Slots::new(self.max_concurrent_requests)),
         };
         endpoints.insert(key, Arc::new(endpoint));
         Ok(())

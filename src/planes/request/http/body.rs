@@ -11,12 +11,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use http_body::{Body, Frame};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::framing::{self, Chunk};
-use crate::planes::request::HandlerStream;
+use crate::planes::request::{HandlerStream, Slot};
 use crate::vocab::ErrorCode;
 
 use super::config::ENV_HTTP_MAX_MESSAGE_SIZE;
@@ -34,7 +33,7 @@ struct Running {
     /// Fired when the client goes away, the deadline passes or the server aborts.
     token: CancellationToken,
     /// The endpoint's concurrency slot, given back when the stream ends.
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
     deadline: Option<Pin<Box<Sleep>>>,
     /// Resolves when the drain timeout passes.
     abort: BoxFuture<'static, ()>,
@@ -54,7 +53,7 @@ impl ResponseBody {
     pub(super) fn stream(
         responses: HandlerStream,
         token: CancellationToken,
-        slot: OwnedSemaphorePermit,
+        slot: Slot,
         deadline: Option<Instant>,
         abort: CancellationToken,
         max_item: usize,

@@ -68,17 +68,13 @@ impl Service {
     async fn run(&self, request: http::Request<Incoming>) -> Result<ResponseBody, Refusal> {
         let path = self.route(&request)?;
         let endpoint = self.admit(&path)?;
-        let slot = Arc::clone(&endpoint.slots)
-            .try_acquire_owned()
-            .map_err(|_| {
-                Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::Overloaded,
-                    format!(
-                        "endpoint {path} overloaded: all its request slots are busy; retry later"
-                    ),
-                )
-            })?;
+        let slot = endpoint.slots.try_take().ok_or_else(|| {
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Overloaded,
+                format!("endpoint {path} overloaded: all its request slots are busy; retry later"),
+            )
+        })?;
         let call = self.read(path, request).await?;
         let token = CancellationToken::new();
         let deadline = call.deadline;
