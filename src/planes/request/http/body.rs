@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 use http_body::{Body, Frame};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::framing::{self, Chunk};
 use crate::planes::request::{HandlerStream, Slot};
@@ -25,6 +26,10 @@ pub(super) struct ResponseBody {
     running: Option<Running>,
     /// The record to send before anything else; the terminal one once `running` ends.
     next: Option<Chunk>,
+    /// Counts this stream among its connection's open ones until hyper drops the body,
+    /// which is after its last frame is queued: the connection holds its GOAWAY until
+    /// then (see `server.rs`).
+    _open: Option<TaskTrackerToken>,
 }
 
 /// A handler still producing.
@@ -68,6 +73,7 @@ impl ResponseBody {
                 max_item,
             }),
             next: None,
+            _open: None,
         }
     }
 
@@ -76,7 +82,14 @@ impl ResponseBody {
         Self {
             running: None,
             next: Some(framing::error(code, message)),
+            _open: None,
         }
+    }
+
+    /// The body, counted as an open stream of its connection while it lives.
+    pub(super) fn counted(mut self, open: TaskTrackerToken) -> Self {
+        self._open = Some(open);
+        self
     }
 
     /// Ends the stream; the handler is cancelled unless it ended by itself.

@@ -20,8 +20,9 @@
 //! - **Limits, errors, drain** as on TCP: `DYN_HTTP_MAX_MESSAGE_SIZE` each way (a request
 //!   over it is refused before sending, a response item over it ends the stream with
 //!   `FrameTooLarge`), per-endpoint concurrency with `Overloaded`, the deadline with
-//!   `DeadlineExceeded`, and a shutdown that sends GOAWAY, drains, then ends what is
-//!   left with `ShuttingDown`. HTTP/2's own flow control bounds what a slow reader holds.
+//!   `DeadlineExceeded`, and a shutdown that refuses new requests, drains, then ends
+//!   what is left with `ShuttingDown`, sending each connection GOAWAY once its streams
+//!   are done. HTTP/2's own flow control bounds what a slow reader holds.
 
 mod body;
 mod client;

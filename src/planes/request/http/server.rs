@@ -1,8 +1,9 @@
 //! [`HttpServer`]: one HTTP/2 listener per process, hosting every endpoint. The
 //! lifecycle is the TCP server's: an accept loop capped by a connection semaphore, with
 //! back-off on accept errors; one task per connection; a shutdown that stops accepting,
-//! sends GOAWAY on every connection, lets open streams finish for the drain timeout, then
-//! ends what is left with `ShuttingDown`.
+//! refuses new requests with `ShuttingDown`, lets open streams finish for the drain
+//! timeout, sends GOAWAY on each connection once its streams are done, then ends what is
+//! left with `ShuttingDown`.
 
 use std::convert::Infallible;
 use std::io;
@@ -198,6 +199,18 @@ impl AcceptLoop {
     }
 
     /// One connection until the peer closes it, or through the server's drain.
+    ///
+    /// On drain the connection keeps serving and sends GOAWAY only once none of its own
+    /// requests is open (`open`). The reason is hyper's client (1.x, `ClientTask::poll`
+    /// in `proto/h2/client.rs`): right after `send_request` it calls `poll_ready` again,
+    /// and if a GOAWAY has come in by then it fails the request it has just sent and
+    /// drops its response future. The stream is reset (CANCEL) and the caller gets
+    /// "connection error received: not a result of an error", although the GOAWAY's
+    /// `last_stream_id` covers the stream and the server ran the request. The window is
+    /// short, but on a loaded machine the client's thread can be descheduled in it for a
+    /// whole round trip. While the GOAWAY waits, `draining` makes the service refuse new
+    /// requests (503 `ShuttingDown`), so the only requests that run were admitted before
+    /// the drain, and the GOAWAY goes out after they are done.
     fn serve(
         &self,
         socket: TcpStream,
@@ -206,25 +219,43 @@ impl AcceptLoop {
         let service = Arc::clone(&self.service);
         let draining = service.draining.clone();
         let abort = service.abort.clone();
-        let respond = service_fn(move |request| {
-            let service = Arc::clone(&service);
-            async move { Ok::<_, Infallible>(service.respond(request).await) }
-        });
+        let open = TaskTracker::new();
+        let respond = {
+            let open = open.clone();
+            service_fn(move |request| {
+                let service = Arc::clone(&service);
+                // Taken when hyper accepts the stream, before the service checks
+                // `draining`: a request either counts here or is refused.
+                let token = open.token();
+                async move { Ok::<_, Infallible>(service.respond(request, token).await) }
+            })
+        };
         let connection = self.builder.serve_connection(TokioIo::new(socket), respond);
         async move {
             let _permit = permit;
             tokio::pin!(connection);
+            // After the drain timeout, streams end with `ShuttingDown`; a peer that does
+            // not read them does not keep the connection past the grace.
+            let hard_stop = async {
+                abort.cancelled().await;
+                tokio::time::sleep(ABORT_GRACE).await;
+            };
+            tokio::pin!(hard_stop);
+            let quiet = async {
+                draining.cancelled().await;
+                open.close();
+                open.wait().await;
+            };
             let result = tokio::select! {
                 result = connection.as_mut() => result,
-                _ = draining.cancelled() => {
-                    // GOAWAY: the peer opens no new stream; open ones go on.
+                () = hard_stop.as_mut() => Ok(()),
+                () = quiet => {
+                    // GOAWAY: the peer opens no new stream, and the connection closes
+                    // once the streams still open (refusals racing this) are done.
                     connection.as_mut().graceful_shutdown();
                     tokio::select! {
                         result = connection.as_mut() => result,
-                        _ = async {
-                            abort.cancelled().await;
-                            tokio::time::sleep(ABORT_GRACE).await;
-                        } => Ok(()),
+                        () = hard_stop => Ok(()),
                     }
                 }
             };

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::body::ResponseBody;
 use super::config::ENV_HTTP_MAX_MESSAGE_SIZE;
@@ -28,7 +29,8 @@ pub(super) struct Service {
     /// `{root}/`: what a request path starts with.
     pub(super) prefix: String,
     pub(super) max_message_size: usize,
-    /// Fired by `shutdown`: new requests are refused with `ShuttingDown`.
+    /// Fired by `shutdown`: new requests are refused with `ShuttingDown`, and each
+    /// connection sends GOAWAY once the requests it had already admitted are done.
     pub(super) draining: CancellationToken,
     /// Fired when the drain timeout passes: running streams end with `ShuttingDown`.
     pub(super) abort: CancellationToken,
@@ -52,15 +54,18 @@ impl Refusal {
 }
 
 impl Service {
+    /// `open` counts the request as its connection's until its response body is done,
+    /// refusals included; it must be taken before `admit` checks `draining`.
     pub(super) async fn respond(
         self: Arc<Self>,
         request: http::Request<Incoming>,
+        open: TaskTrackerToken,
     ) -> Response<ResponseBody> {
         match self.run(request).await {
-            Ok(body) => reply(StatusCode::OK, body),
+            Ok(body) => reply(StatusCode::OK, body.counted(open)),
             Err(refusal) => reply(
                 refusal.status,
-                ResponseBody::error(refusal.code, &refusal.message),
+                ResponseBody::error(refusal.code, &refusal.message).counted(open),
             ),
         }
     }
