@@ -405,6 +405,14 @@ impl NatsResponses {
             let code = code
                 .parse::<u32>()
                 .map_or(ErrorCode::Internal, ErrorCode::from_u32);
+            // The server enforces the deadline we sent; its verdict and ours race, and
+            // the caller should see one kind of timeout either way (as on TCP and HTTP/2).
+            if code == ErrorCode::DeadlineExceeded {
+                return Some(Err(RequestError::Timeout {
+                    timeout: self.timeout,
+                    setting: ENV_REQUEST_TIMEOUT,
+                }));
+            }
             let message = header(NATS_SERVICE_ERROR).unwrap_or_default().to_owned();
             return Some(Err(RequestError::Remote { code, message }));
         }
