@@ -23,7 +23,6 @@ use crate::config::ConfigError;
 
 /// gRPC status codes etcd answers with (from the gRPC spec).
 mod code {
-    pub const UNKNOWN: i32 = 2;
     pub const DEADLINE_EXCEEDED: i32 = 4;
     pub const NOT_FOUND: i32 = 5;
     pub const PERMISSION_DENIED: i32 = 7;
@@ -145,15 +144,10 @@ impl Connection {
                         target: self.target.clone(),
                         source: Box::new(err),
                     }
-                } else if code == code::UNAVAILABLE
-                    // tonic's own status for a connection that broke mid-request (code
-                    // Unknown, the transport error as its source; a status etcd sent
-                    // has no source): etcd was not reached either.
-                    || (code == code::UNKNOWN && std::error::Error::source(status).is_some())
-                {
-                    unavailable(err)
                 } else if code == code::DEADLINE_EXCEEDED {
                     self.timeout(self.request_timeout)
+                } else if code == code::UNAVAILABLE || is_local(status) {
+                    unavailable(err)
                 } else {
                     backend_error(err)
                 }
@@ -164,6 +158,15 @@ impl Connection {
             _ => backend_error(err),
         }
     }
+}
+
+/// A status tonic made itself from a transport failure, not one etcd sent: it carries
+/// the transport error as its source (a status from the wire has none). Its code varies
+/// with how the connection failed — Unknown when it broke mid-request, Cancelled when
+/// the channel was still reconnecting ("connection was not ready") — and in every case
+/// etcd was not reached.
+fn is_local(status: &impl std::error::Error) -> bool {
+    std::error::Error::source(status).is_some()
 }
 
 fn backend_error(err: etcd_client::Error) -> DiscoveryError {
@@ -464,5 +467,70 @@ impl EtcdStore {
             client: self.client.clone(),
             info: self.info.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    fn connection() -> Connection {
+        Connection {
+            target: "http://127.0.0.1:2379".to_owned(),
+            user: None,
+            request_timeout: Duration::from_secs(3),
+        }
+    }
+
+    /// What tonic builds when the transport fails: a status with the failure as its source.
+    fn local(code: Code) -> etcd_client::Error {
+        #[derive(Debug, thiserror::Error)]
+        #[error("transport failed")]
+        struct Transport(#[source] Status);
+        etcd_client::Error::GRpcStatus(Status::from_error(Box::new(Transport(Status::new(
+            code,
+            "connection was not ready",
+        )))))
+    }
+
+    fn wire(code: Code) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(Status::new(code, "sent by etcd"))
+    }
+
+    #[test]
+    fn a_status_tonic_made_from_a_transport_failure_is_unavailable_whatever_its_code() {
+        for code in [Code::Cancelled, Code::Unknown, Code::Internal] {
+            let err = connection().error(local(code));
+            assert!(
+                matches!(err, DiscoveryError::Unavailable { .. }),
+                "{code:?}: {err:?}"
+            );
+            assert!(err.is_unavailable());
+        }
+    }
+
+    #[test]
+    fn statuses_etcd_sent_keep_their_meaning() {
+        let c = connection();
+        assert!(matches!(
+            c.error(wire(Code::Unavailable)),
+            DiscoveryError::Unavailable { .. }
+        ));
+        assert!(matches!(
+            c.error(wire(Code::DeadlineExceeded)),
+            DiscoveryError::Timeout { .. }
+        ));
+        assert!(matches!(
+            c.error(wire(Code::Unauthenticated)),
+            DiscoveryError::Auth { .. }
+        ));
+        // A cancel etcd itself reports is its answer, not an outage: the caller sees it.
+        let cancelled = c.error(wire(Code::Cancelled));
+        assert!(
+            matches!(cancelled, DiscoveryError::Backend { .. }),
+            "{cancelled:?}"
+        );
+        assert!(!cancelled.is_unavailable());
     }
 }
