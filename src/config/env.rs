@@ -47,6 +47,10 @@ impl ConfigError {
     }
 }
 
+/// The longest duration a setting takes: a year. Deadlines are computed as now plus the
+/// setting, and a value near `u64::MAX` seconds would overflow the clock there.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
 /// Where variables come from: the process environment ([`Env::process`]) or any lookup,
 /// such as a map in tests, so that they never race on the process environment.
 ///
@@ -110,14 +114,14 @@ impl<'a> Env<'a> {
         self.text(var)?.map(|v| v.parse()).transpose()
     }
 
-    /// A positive number of seconds, fractions allowed (`10`, `0.5`).
+    /// A positive number of seconds, fractions allowed (`10`, `0.5`), at most a year.
     pub fn seconds(&self, var: &'static str) -> Result<Option<Duration>, ConfigError> {
         self.with(var, |v| {
             v.parse::<f64>()
                 .ok()
-                .filter(|s| *s > 0.0)
+                .filter(|s| *s > 0.0 && *s <= MAX_SECONDS)
                 .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                .ok_or("a positive number of seconds, e.g. 10 or 0.5")
+                .ok_or("a positive number of seconds up to a year (31536000), e.g. 10 or 0.5")
         })
     }
 
@@ -234,13 +238,16 @@ pub(crate) mod tests {
 
     #[test]
     fn each_reader_names_the_variable_the_value_and_the_expectation() {
-        let cases: [(&str, &str, Reader); 7] = [
+        let cases: [(&str, &str, Reader); 9] = [
             ("ten", "positive number of seconds", |e| {
                 e.seconds("V").map(drop)
             }),
             ("0", "positive number of seconds", |e| {
                 e.seconds("V").map(drop)
             }),
+            // Would overflow the clock when added to now, panicking in the first request.
+            ("1e19", "up to a year", |e| e.seconds("V").map(drop)),
+            ("31536001", "up to a year", |e| e.seconds("V").map(drop)),
             ("0", "positive integer", |e| e.count("V").map(drop)),
             ("32MiB", "whole number of bytes", |e| e.bytes("V").map(drop)),
             ("maybe", "true or false", |e| e.flag("V").map(drop)),
@@ -253,6 +260,14 @@ pub(crate) mod tests {
             assert!(text.contains("V=") && text.contains(value), "{text}");
             assert!(text.contains(expected), "{value}: {text}");
         }
+    }
+
+    #[test]
+    fn a_year_of_seconds_is_the_longest_duration_taken() {
+        let vars = lookup(&[("Y", "31536000"), ("H", "0.5")]);
+        let env = Env::new(&vars);
+        assert_eq!(env.seconds("Y"), Ok(Some(Duration::from_secs(31_536_000))));
+        assert_eq!(env.seconds("H"), Ok(Some(Duration::from_millis(500))));
     }
 
     #[test]
