@@ -197,13 +197,14 @@ pub(crate) fn require_positive(
     Ok(())
 }
 
-/// Checks that a duration set in code is not zero; the error names `var`.
+/// Checks that a duration set in code is not zero and at most a year, as read from the
+/// environment; the error names `var`.
 pub(crate) fn require_nonzero(var: &'static str, value: Duration) -> Result<(), ConfigError> {
-    if value.is_zero() {
+    if value.is_zero() || value.as_secs_f64() > MAX_SECONDS {
         return Err(ConfigError::invalid(
             var,
-            "0",
-            "a positive number of seconds",
+            format!("{}", value.as_secs_f64()),
+            "a positive number of seconds up to a year (31536000)",
         ));
     }
     Ok(())

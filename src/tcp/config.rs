@@ -306,6 +306,17 @@ mod tests {
             ..TcpConfig::default()
         };
         assert!(no_timeout.validate().is_err());
+        // Set in code past what the clock can add to now: refused here, not a panic in
+        // the first request.
+        let endless = TcpConfig {
+            request_timeout: Duration::MAX,
+            ..TcpConfig::default()
+        };
+        let text = endless.validate().unwrap_err().to_string();
+        assert!(
+            text.contains("DYN_TCP_REQUEST_TIMEOUT") && text.contains("up to a year"),
+            "{text}"
+        );
     }
 
     #[test]
