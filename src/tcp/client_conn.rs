@@ -31,7 +31,10 @@ use crate::sync::lock;
 /// State shared by the connection handle, its reader task and its response streams.
 struct Shared {
     address: String,
-    streams: Mutex<LocalMap<u64, Arc<StreamSlot>>>,
+    streams: Mutex<Streams>,
+    /// How many streams are open, for the pool and the writer to read without the lock;
+    /// stored under it whenever the count changes (a store, not a read-modify-write on a
+    /// line every caller and the reader touch).
     in_flight: AtomicUsize,
     /// Set after go-away: finish what is open, start nothing new.
     going_away: AtomicBool,
@@ -55,17 +58,28 @@ struct Shared {
     rearm: Notify,
 }
 
+/// The open streams and the id the next one takes: one lock for both, taken once per
+/// request start and once per end.
+struct Streams {
+    open: LocalMap<u64, Arc<StreamSlot>>,
+    next_id: u64,
+}
+
 impl Shared {
+    /// Publishes the count of `streams` as `in_flight`; called with the lock held.
+    fn count(&self, streams: &Streams) {
+        self.in_flight.store(streams.open.len(), Ordering::Relaxed);
+    }
+
     fn mark_closed(&self) {
         self.is_closed.store(true, Ordering::Relaxed);
         self.closed.cancel();
     }
 
     fn remove_stream(&self, stream_id: u64) -> Option<Arc<StreamSlot>> {
-        let removed = lock(&self.streams).remove(&stream_id);
-        if removed.is_some() {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
+        let mut streams = lock(&self.streams);
+        let removed = streams.open.remove(&stream_id);
+        self.count(&streams);
         removed
     }
 
@@ -88,7 +102,7 @@ impl Shared {
         let mut next = now.checked_add(self.timeout).unwrap_or(now + FAR_FUTURE);
         let mut expired = Vec::new();
         let mut streams = lock(&self.streams);
-        streams.retain(|id, slot| {
+        streams.open.retain(|id, slot| {
             if slot.deadline() <= now {
                 expired.push((*id, Arc::clone(slot)));
                 return false;
@@ -96,14 +110,18 @@ impl Shared {
             next = next.min(slot.deadline());
             true
         });
-        self.in_flight.fetch_sub(expired.len(), Ordering::Relaxed);
+        self.count(&streams);
         self.timer_at.store(self.nanos(next), Ordering::Relaxed);
         (expired, next)
     }
 
     fn fail_all(&self, error: &RequestError) {
-        let drained: Vec<_> = lock(&self.streams).drain().collect();
-        self.in_flight.fetch_sub(drained.len(), Ordering::Relaxed);
+        let drained: Vec<_> = {
+            let mut streams = lock(&self.streams);
+            let drained = streams.open.drain().collect();
+            self.count(&streams);
+            drained
+        };
         for (_, slot) in drained {
             slot.finish(Err(error.clone()));
         }
@@ -131,7 +149,6 @@ pub(crate) struct ClientConnection {
     /// Request bytes that may wait in `tx`.
     budget: Arc<Semaphore>,
     shared: Arc<Shared>,
-    next_stream_id: AtomicU64,
 }
 
 impl ClientConnection {
@@ -158,7 +175,10 @@ impl ClientConnection {
         let epoch = Instant::now();
         let shared = Arc::new(Shared {
             address: address.to_owned(),
-            streams: Mutex::default(),
+            streams: Mutex::new(Streams {
+                open: LocalMap::default(),
+                next_id: 1,
+            }),
             in_flight: AtomicUsize::new(0),
             going_away: AtomicBool::new(false),
             send_gate: RwLock::new(()),
@@ -196,7 +216,6 @@ impl ClientConnection {
             tx,
             budget: Arc::new(Semaphore::new(OUTPUT_BUDGET)),
             shared,
-            next_stream_id: AtomicU64::new(1),
         })
     }
 
@@ -244,10 +263,15 @@ impl ClientConnection {
             if self.shared.going_away.load(Ordering::Relaxed) {
                 return Err(StartError::GoingAway(request));
             }
-            let stream_id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
             // Registered before sending: the answer can arrive before `send` returns.
-            lock(&self.shared.streams).insert(stream_id, Arc::clone(&slot));
-            let alone = self.shared.in_flight.fetch_add(1, Ordering::Relaxed) == 0;
+            let (stream_id, alone) = {
+                let mut streams = lock(&self.shared.streams);
+                let stream_id = streams.next_id;
+                streams.next_id += 1;
+                streams.open.insert(stream_id, Arc::clone(&slot));
+                self.shared.count(&streams);
+                (stream_id, streams.open.len() == 1)
+            };
             request.stream_id = stream_id;
             // The server gets the time left, so its handler stops when we stop waiting.
             request.timeout = Some(deadline.saturating_duration_since(Instant::now()));
@@ -421,7 +445,7 @@ fn on_frame(shared: &Shared, tx: &Weak<Sender>, frame: Frame) -> Result<(), Stri
 /// Hands a response item to its stream, or fails the stream if the server overran its
 /// flow-control window.
 fn deliver(shared: &Shared, tx: &Weak<Sender>, stream_id: u64, payload: Bytes) {
-    let slot = lock(&shared.streams).get(&stream_id).cloned();
+    let slot = lock(&shared.streams).open.get(&stream_id).cloned();
     // Unknown ids are streams already cancelled or timed out: ignore.
     let Some(slot) = slot else { return };
     let Err(outstanding) = slot.push(payload, shared.max_frame_len) else {
@@ -443,17 +467,18 @@ fn fail_unprocessed(shared: &Shared, last_stream_id: u64, message: &str) {
     let unprocessed: Vec<_> = {
         let mut streams = lock(&shared.streams);
         let ids: Vec<u64> = streams
+            .open
             .keys()
             .copied()
             .filter(|id| *id > last_stream_id)
             .collect();
-        ids.into_iter()
-            .filter_map(|id| streams.remove(&id))
-            .collect()
+        let unprocessed = ids
+            .into_iter()
+            .filter_map(|id| streams.open.remove(&id))
+            .collect();
+        shared.count(&streams);
+        unprocessed
     };
-    shared
-        .in_flight
-        .fetch_sub(unprocessed.len(), Ordering::Relaxed);
     for slot in unprocessed {
         slot.finish(Err(RequestError::Remote {
             code: ErrorCode::ShuttingDown,

@@ -139,15 +139,28 @@ impl<C> PlaneCaller<C> {
     }
 }
 
-// By hand: a derive would want `C: Clone`, but only the `Arc` is cloned.
+/// Payloads up to this size are copied for each caller (at most 4 MiB for 64 callers).
+const OWN_COPY_MAX: usize = 64 * 1024;
+
+// By hand: a derive would want `C: Clone`, and would share the buffers.
 impl<C> Clone for PlaneCaller<C> {
+    /// Another caller with its own copy of the path and (up to [`OWN_COPY_MAX`]) the
+    /// payload, as independent users' requests have: sharing one buffer would have every
+    /// caller on every thread bump one reference count on one cache line per request, a
+    /// cost the floor, which writes from a buffer of its own, does not pay. Larger payloads
+    /// stay shared, where that count is lost in the cost of moving the bytes.
     fn clone(&self) -> Self {
+        let payload = if self.payload.len() <= OWN_COPY_MAX {
+            Bytes::copy_from_slice(&self.payload)
+        } else {
+            self.payload.clone()
+        };
         Self {
             system: self.system,
             client: Arc::clone(&self.client),
             address: Arc::clone(&self.address),
-            path: self.path.clone(),
-            payload: self.payload.clone(),
+            path: Utf8Bytes::from(self.path.as_str().to_owned()),
+            payload,
             responses: self.responses,
         }
     }
