@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 
 use tokio::time::Instant;
 
@@ -111,6 +112,15 @@ impl TcpClient {
                 }
             }
         };
+        // Usually the request is on its way at the first poll (a pooled connection with
+        // room in its queue): only one that has to wait gets a timer, saving a timer
+        // handle (a reference count every caller on every thread bumps) per request.
+        let mut start = std::pin::pin!(start);
+        if let Poll::Ready(started) =
+            std::future::poll_fn(|cx| Poll::Ready(start.as_mut().poll(cx))).await
+        {
+            return started;
+        }
         tokio::time::timeout_at(deadline, start)
             .await
             .map_err(|_| RequestError::Timeout {

@@ -340,7 +340,7 @@ async fn read_loop(
     let timer = tokio::time::sleep_until(first);
     let rearm = shared.rearm.notified();
     tokio::pin!(timer, rearm);
-    let reason = loop {
+    let reason = 'read: loop {
         let frame = tokio::select! {
             biased;
             _ = &mut writer_failed => break "the connection could not be written to".to_owned(),
@@ -359,8 +359,18 @@ async fn read_loop(
         };
         match frame {
             Ok(Some(frame)) => {
-                if let Err(reason) = on_frame(&shared, &tx, frame) {
-                    break reason;
+                // The rest of what that read brought is handled before the next select:
+                // a bounded amount (one read buffer), so the timer and the writer's
+                // failure wait at most that long.
+                let mut next = Some(frame);
+                while let Some(frame) = next {
+                    if let Err(reason) = on_frame(&shared, &tx, frame) {
+                        break 'read reason;
+                    }
+                    next = match reader.buffered_frame() {
+                        Ok(next) => next,
+                        Err(err) => break 'read err.to_string(),
+                    };
                 }
             }
             Ok(None) => break "the server closed the connection".to_owned(),

@@ -91,6 +91,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The next frame already read in, without reading more: `None` until a whole one
+    /// has arrived. Lets a loop handle every frame one read brought before it goes back
+    /// to waiting on the socket beside its timers and signals (whose polling, per frame,
+    /// cost more than decoding).
+    pub(crate) fn buffered_frame(&mut self) -> Result<Option<Frame>, CodecError> {
+        let decoded = self.decoder.decode_frame(&mut self.buf);
+        self.note_held();
+        let frame = decoded?;
+        if frame.is_some() {
+            self.partial_since = None;
+        }
+        Ok(frame)
+    }
+
     /// When the frame now arriving began, if one is partly received.
     pub(crate) fn partial_since(&self) -> Option<Instant> {
         self.partial_since
