@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -49,20 +49,34 @@ struct Shared {
     max_frame_len: usize,
     /// The request timeout: every stream's deadline is its start plus this.
     timeout: Duration,
-    /// When the reader's deadline timer fires, in nanoseconds after `epoch`. Written
-    /// under the `streams` lock, so a stream registered after the reader last looked
-    /// reads the time the reader chose then.
-    timer_at: AtomicU64,
-    epoch: Instant,
     /// Asks the reader to look at the deadlines again: a stream is due before its timer.
     rearm: Notify,
 }
 
-/// The open streams and the id the next one takes: one lock for both, taken once per
-/// request start and once per end.
+/// The open streams, the id the next one takes and when the reader's timer fires: one
+/// lock for all three, taken once per request start and once per end.
 struct Streams {
     open: LocalMap<u64, Arc<StreamSlot>>,
     next_id: u64,
+    /// A stream due before this needs the reader's deadline timer re-armed: the time it
+    /// fires, less [`DEADLINE_SLACK`]. `None` until the reader has armed it. Set by the
+    /// reader under this lock, so a stream registered after the reader last looked at
+    /// the deadlines compares with the time it chose then.
+    rearm_before: Option<Instant>,
+}
+
+impl Streams {
+    /// Registers `slot` under the next id; returns that id, whether the stream is the
+    /// only one open, and whether the reader's timer must be re-armed for it.
+    fn open(&mut self, slot: Arc<StreamSlot>) -> (u64, bool, bool) {
+        let stream_id = self.next_id;
+        self.next_id += 1;
+        let early = self
+            .rearm_before
+            .is_none_or(|before| slot.deadline() < before);
+        self.open.insert(stream_id, slot);
+        (stream_id, self.open.len() == 1, early)
+    }
 }
 
 impl Shared {
@@ -83,18 +97,6 @@ impl Shared {
         removed
     }
 
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// After a stream is registered: the reader's timer must not fire later than the
-    /// stream's deadline (give or take the timer's own millisecond).
-    fn watch_deadline(&self, deadline: Instant) {
-        if self.nanos(deadline) + DEADLINE_SLACK_NANOS < self.timer_at.load(Ordering::Relaxed) {
-            self.rearm.notify_one();
-        }
-    }
-
     /// Removes the streams whose deadline has passed, to be failed as timed out, and
     /// picks when to look next: the earliest deadline left, and no later than one timeout
     /// from now, which no stream started later can be due before.
@@ -111,7 +113,7 @@ impl Shared {
             true
         });
         self.count(&streams);
-        self.timer_at.store(self.nanos(next), Ordering::Relaxed);
+        streams.rearm_before = Some(next.checked_sub(DEADLINE_SLACK).unwrap_or(next));
         (expired, next)
     }
 
@@ -130,7 +132,7 @@ impl Shared {
 
 /// How late a stream's timeout may be reported: tokio's timer counts in milliseconds, so
 /// re-arming it for less would not make a timeout fire sooner.
-const DEADLINE_SLACK_NANOS: u64 = 1_000_000;
+const DEADLINE_SLACK: Duration = Duration::from_millis(1);
 /// A timer for a timeout too long to add to the clock: about a year, never reached.
 const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -172,12 +174,12 @@ impl ClientConnection {
             })?;
         let (rd, wr) = socket.into_split();
         let reader = FrameReader::new(rd, config.max_message_size, config.shrink_message_size);
-        let epoch = Instant::now();
         let shared = Arc::new(Shared {
             address: address.to_owned(),
             streams: Mutex::new(Streams {
                 open: LocalMap::default(),
                 next_id: 1,
+                rearm_before: None,
             }),
             in_flight: AtomicUsize::new(0),
             going_away: AtomicBool::new(false),
@@ -188,8 +190,6 @@ impl ClientConnection {
             max_frame_len: config.max_message_size,
             timeout: config.request_timeout,
             // The reader arms its timer as it starts; until then any stream asks it to.
-            timer_at: AtomicU64::new(u64::MAX),
-            epoch,
             rearm: Notify::new(),
         });
         let writer = FrameWriter::new(wr, config.max_message_size, Side::Client);
@@ -264,14 +264,17 @@ impl ClientConnection {
                 return Err(StartError::GoingAway(request));
             }
             // Registered before sending: the answer can arrive before `send` returns.
-            let (stream_id, alone) = {
+            let (stream_id, alone, early) = {
                 let mut streams = lock(&self.shared.streams);
-                let stream_id = streams.next_id;
-                streams.next_id += 1;
-                streams.open.insert(stream_id, Arc::clone(&slot));
+                let opened = streams.open(Arc::clone(&slot));
                 self.shared.count(&streams);
-                (stream_id, streams.open.len() == 1)
+                opened
             };
+            // The reader's timer must not fire later than this stream's deadline (give or
+            // take the timer's own millisecond).
+            if early {
+                self.shared.rearm.notify_one();
+            }
             request.stream_id = stream_id;
             // The server gets the time left, so its handler stops when we stop waiting.
             request.timeout = Some(deadline.saturating_duration_since(Instant::now()));
@@ -280,7 +283,6 @@ impl ClientConnection {
             // queues, where the writer task batches it with theirs.
             (stream_id, self.tx.try_send(out, alone))
         };
-        self.shared.watch_deadline(deadline);
         let mut stream = ResponseStream {
             slot,
             stream_id,
@@ -598,7 +600,7 @@ mod tests {
         let (rd, wr) = accepted.unwrap().0.into_split();
         let conn = conn.unwrap();
         // Until its reader task has armed the timer, every new stream sets it.
-        while conn.shared.timer_at.load(Ordering::Relaxed) == u64::MAX {
+        while lock(&conn.shared.streams).rearm_before.is_none() {
             tokio::task::yield_now().await;
         }
         (conn, FrameReader::new(rd, MAX_FRAME, MAX_FRAME), wr)
