@@ -56,6 +56,10 @@ impl HeaderMap {
 
     /// Parses a header-map section; every name and value is a slice of `meta`.
     pub(crate) fn decode(mut meta: Bytes) -> Result<Self, CodecError> {
+        // Most requests carry no headers: skip building and converting an empty list.
+        if meta.is_empty() {
+            return Ok(Self::new());
+        }
         let mut entries = Vec::new();
         while !meta.is_empty() {
             let name = take_prefixed(&mut meta, "header name")?;
