@@ -63,14 +63,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let decoded = self.decoder.decode_frame(&mut self.buf);
             let spare_deadline = self.spare_deadline();
             self.note_held();
-            if let Some(frame) = decoded? {
-                self.partial_since = None;
+            let decoded = decoded?;
+            self.track_partial(decoded.is_some());
+            if let Some(frame) = decoded {
                 return Ok(Some(frame));
-            }
-            if self.buf.is_empty() {
-                self.partial_since = None;
-            } else if self.partial_since.is_none() {
-                self.partial_since = Some(Instant::now());
             }
             self.decoder.reserve_for_read(&mut self.buf, MIN_READ_SPACE);
             let read = self.io.read_buf(&mut self.buf);
@@ -99,10 +95,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let decoded = self.decoder.decode_frame(&mut self.buf);
         self.note_held();
         let frame = decoded?;
-        if frame.is_some() {
-            self.partial_since = None;
-        }
+        self.track_partial(frame.is_some());
         Ok(frame)
+    }
+
+    /// Starts the frame clock when the buffer holds part of a frame and none was decoded;
+    /// stops it when a frame was, or nothing is left.
+    fn track_partial(&mut self, decoded: bool) {
+        if decoded || self.buf.is_empty() {
+            self.partial_since = None;
+        } else if self.partial_since.is_none() {
+            self.partial_since = Some(Instant::now());
+        }
     }
 
     /// When the frame now arriving began, if one is partly received.
@@ -484,5 +488,46 @@ mod tests {
         let _peer = writer.await.unwrap();
         assert_eq!(addresses[1], addresses[0]);
         assert_eq!(addresses[2], addresses[0]);
+    }
+
+    fn data(stream_id: u64) -> BytesMut {
+        let mut wire = BytesMut::new();
+        let frame = Frame::Data {
+            stream_id,
+            payload: Bytes::from_static(b"payload"),
+        };
+        encode_frame(&frame, usize::MAX, &mut wire).unwrap();
+        wire
+    }
+
+    #[tokio::test]
+    async fn buffered_frames_are_what_reads_brought_and_a_partial_one_waits_for_the_socket() {
+        let (mut peer, io) = tokio::io::duplex(1 << 16);
+        let mut reader = FrameReader::new(io, 1 << 20, 1 << 20);
+        let mut wire = BytesMut::new();
+        for stream_id in 1..=3 {
+            wire.extend_from_slice(&data(stream_id));
+        }
+        let last = data(4);
+        let cut = last.len() - 1;
+        wire.extend_from_slice(&last[..cut]);
+        peer.write_all(&wire).await.unwrap();
+
+        let first = reader.next_frame().await.unwrap().unwrap();
+        assert_eq!(first.stream_id(), 1);
+        for stream_id in 2..=3 {
+            let frame = reader.buffered_frame().unwrap().expect("already read in");
+            assert_eq!(frame.stream_id(), stream_id);
+        }
+        assert!(
+            reader.buffered_frame().unwrap().is_none(),
+            "the fourth frame lacks its last byte: it is not decoded, nor waited for"
+        );
+        assert!(reader.partial_since().is_some(), "the frame clock runs");
+
+        peer.write_all(&last[cut..]).await.unwrap();
+        let fourth = reader.next_frame().await.unwrap().unwrap();
+        assert_eq!(fourth.stream_id(), 4);
+        assert!(reader.partial_since().is_none());
     }
 }
