@@ -22,7 +22,7 @@ use planewire_testkit::tcp::*;
 use planewire_testkit::within;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use zerocopy::IntoBytes;
 
@@ -189,6 +189,79 @@ async fn a_client_that_never_reads_holds_a_bounded_amount_of_server_memory() {
         "a fresh connection is served beside the stalled ones"
     );
     drop(stalled);
+}
+
+/// Item 1, pipelined: a client that writes tens of MiB of requests in one go and reads
+/// nothing leaves them in the socket, not in the server, which reads no further once the
+/// answers it owes fill its output budget; when the client reads, every request is
+/// answered, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_flood_from_a_client_that_does_not_read_waits_in_the_socket() {
+    const REQUESTS: u64 = 60_000;
+    const SIZE: usize = 1024;
+    let setup = planewire_bin::Setup::file("10");
+    let server = setup.serve(&["--endpoint", "t/w/echo"]);
+    let pid = server.process.pid();
+    let before = rss_bytes(pid);
+    let mut wire = BytesMut::new();
+    for id in 1..=REQUESTS {
+        let request = request_to(id, "t/w/echo", Bytes::from(vec![7u8; SIZE]), None);
+        encode_frame(&request, usize::MAX, &mut wire).unwrap();
+    }
+    let socket = tokio::net::TcpStream::connect(&server.address)
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = socket.into_split();
+    // Blocks once the server stops reading and the kernel's buffers are full: it ends
+    // only after the reading below begins.
+    let writer = tokio::spawn(async move {
+        wr.write_all(&wire).await.unwrap();
+        wr
+    });
+    // Far below the ~120 MiB the requests and their answers take, well above the 4 MiB
+    // output budget plus a read buffer.
+    const BOUND: u64 = 64 << 20;
+    let mut peak = before;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss_bytes(pid));
+        assert!(
+            peak < before + BOUND,
+            "server RSS grew from {before} to {peak} bytes under {REQUESTS} pipelined \
+             requests from a client that does not read"
+        );
+    }
+    eprintln!(
+        "server RSS {} KiB before, peak {} KiB under the pipelined flood",
+        before / 1024,
+        peak / 1024
+    );
+    let answered = within("reading every answer", async {
+        let mut decoder = planewire::codec::FrameDecoder::new(64 << 20, 64 << 20);
+        let mut buf = decoder.new_buffer();
+        let mut answered = vec![false; REQUESTS as usize + 1];
+        let mut count = 0;
+        loop {
+            while let Some(frame) = decoder.decode_frame(&mut buf).unwrap() {
+                let Frame::End { stream_id, payload } = frame else {
+                    panic!("only END frames answer unary echoes, got {frame:?}");
+                };
+                assert_eq!(payload.len(), SIZE, "stream {stream_id}");
+                let slot = &mut answered[stream_id as usize];
+                assert!(!*slot, "stream {stream_id} answered twice");
+                *slot = true;
+                count += 1;
+            }
+            if count == REQUESTS {
+                return count;
+            }
+            let read = rd.read_buf(&mut buf).await.unwrap();
+            assert!(read > 0, "the server closed after {count} answers");
+        }
+    })
+    .await;
+    assert_eq!(answered, REQUESTS);
+    within("the flood's last bytes", writer).await.unwrap();
 }
 
 /// Item 2: EOF on the read side means "no more requests", never "drop what is owed".
