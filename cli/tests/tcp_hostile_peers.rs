@@ -94,6 +94,25 @@ fn data_count(frames: &[&Frame]) -> usize {
         .count()
 }
 
+/// Samples `pid`'s RSS every 100 ms for 3 s, asserting each time that it stays under
+/// `before + bound`; prints the peak.
+async fn rss_stays_bounded(pid: u32, before: u64, bound: u64, what: &str) {
+    let mut peak = before;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss_bytes(pid));
+        assert!(
+            peak < before + bound,
+            "server RSS grew from {before} to {peak} bytes {what}"
+        );
+    }
+    eprintln!(
+        "server RSS {} KiB before, peak {} KiB {what}",
+        before / 1024,
+        peak / 1024
+    );
+}
+
 /// Item 1, per stream: a caller reading slower than its handler produces slows its own
 /// stream. The server stops taking items at the window; the neighbour on the same
 /// connection flows; every item then arrives, in order, and the stream ends cleanly.
@@ -162,21 +181,7 @@ async fn a_client_that_never_reads_holds_a_bounded_amount_of_server_memory() {
     }
     // Each connection may hold its output budget (4 MiB) plus a frame in each queue,
     // and the kernel's socket buffers; 64 MiB above the start leaves room for both.
-    const BOUND: u64 = 64 << 20;
-    let mut peak = before;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        peak = peak.max(rss_bytes(pid));
-        assert!(
-            peak < before + BOUND,
-            "server RSS grew from {before} to {peak} bytes with two non-reading clients"
-        );
-    }
-    eprintln!(
-        "server RSS {} KiB before, peak {} KiB with two non-reading clients",
-        before / 1024,
-        peak / 1024
-    );
+    rss_stays_bounded(pid, before, 64 << 20, "with two non-reading clients").await;
     let mut fresh = raw_connect(&server.address).await;
     fresh
         .send(&request_to(9, "t/w/flood", Bytes::from_static(b"x"), None))
@@ -220,22 +225,8 @@ async fn a_pipelined_flood_from_a_client_that_does_not_read_waits_in_the_socket(
     });
     // Far below the ~120 MiB the requests and their answers take, well above the 4 MiB
     // output budget plus a read buffer.
-    const BOUND: u64 = 64 << 20;
-    let mut peak = before;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        peak = peak.max(rss_bytes(pid));
-        assert!(
-            peak < before + BOUND,
-            "server RSS grew from {before} to {peak} bytes under {REQUESTS} pipelined \
-             requests from a client that does not read"
-        );
-    }
-    eprintln!(
-        "server RSS {} KiB before, peak {} KiB under the pipelined flood",
-        before / 1024,
-        peak / 1024
-    );
+    let what = format!("under {REQUESTS} pipelined requests from a client that does not read");
+    rss_stays_bounded(pid, before, 64 << 20, &what).await;
     let answered = within("reading every answer", async {
         let mut decoder = planewire::codec::FrameDecoder::new(64 << 20, 64 << 20);
         let mut buf = decoder.new_buffer();

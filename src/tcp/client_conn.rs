@@ -31,10 +31,11 @@ use crate::sync::lock;
 /// State shared by the connection handle, its reader task and its response streams.
 struct Shared {
     address: String,
+    /// Changed only through [`Shared::change_streams`], which keeps `in_flight` true.
     streams: Mutex<Streams>,
     /// How many streams are open, for the pool and the writer to read without the lock;
-    /// stored under it whenever the count changes (a store, not a read-modify-write on a
-    /// line every caller and the reader touch).
+    /// stored under it after every change (a store, not a read-modify-write on a line
+    /// every caller and the reader touch).
     in_flight: AtomicUsize,
     /// Set after go-away: finish what is open, start nothing new.
     going_away: AtomicBool,
@@ -80,9 +81,12 @@ impl Streams {
 }
 
 impl Shared {
-    /// Publishes the count of `streams` as `in_flight`; called with the lock held.
-    fn count(&self, streams: &Streams) {
+    /// Runs `change` on the streams under their lock, then publishes how many are open.
+    fn change_streams<R>(&self, change: impl FnOnce(&mut Streams) -> R) -> R {
+        let mut streams = lock(&self.streams);
+        let result = change(&mut streams);
         self.in_flight.store(streams.open.len(), Ordering::Relaxed);
+        result
     }
 
     fn mark_closed(&self) {
@@ -91,10 +95,7 @@ impl Shared {
     }
 
     fn remove_stream(&self, stream_id: u64) -> Option<Arc<StreamSlot>> {
-        let mut streams = lock(&self.streams);
-        let removed = streams.open.remove(&stream_id);
-        self.count(&streams);
-        removed
+        self.change_streams(|streams| streams.open.remove(&stream_id))
     }
 
     /// Removes the streams whose deadline has passed, to be failed as timed out, and
@@ -103,27 +104,22 @@ impl Shared {
     fn expire(&self, now: Instant) -> (Vec<(u64, Arc<StreamSlot>)>, Instant) {
         let mut next = now.checked_add(self.timeout).unwrap_or(now + FAR_FUTURE);
         let mut expired = Vec::new();
-        let mut streams = lock(&self.streams);
-        streams.open.retain(|id, slot| {
-            if slot.deadline() <= now {
-                expired.push((*id, Arc::clone(slot)));
-                return false;
-            }
-            next = next.min(slot.deadline());
-            true
+        self.change_streams(|streams| {
+            streams.open.retain(|id, slot| {
+                if slot.deadline() <= now {
+                    expired.push((*id, Arc::clone(slot)));
+                    return false;
+                }
+                next = next.min(slot.deadline());
+                true
+            });
+            streams.rearm_before = Some(next.checked_sub(DEADLINE_SLACK).unwrap_or(next));
         });
-        self.count(&streams);
-        streams.rearm_before = Some(next.checked_sub(DEADLINE_SLACK).unwrap_or(next));
         (expired, next)
     }
 
     fn fail_all(&self, error: &RequestError) {
-        let drained: Vec<_> = {
-            let mut streams = lock(&self.streams);
-            let drained = streams.open.drain().collect();
-            self.count(&streams);
-            drained
-        };
+        let drained: Vec<_> = self.change_streams(|streams| streams.open.drain().collect());
         for (_, slot) in drained {
             slot.finish(Err(error.clone()));
         }
@@ -264,12 +260,9 @@ impl ClientConnection {
                 return Err(StartError::GoingAway(request));
             }
             // Registered before sending: the answer can arrive before `send` returns.
-            let (stream_id, alone, early) = {
-                let mut streams = lock(&self.shared.streams);
-                let opened = streams.open(Arc::clone(&slot));
-                self.shared.count(&streams);
-                opened
-            };
+            let (stream_id, alone, early) = self
+                .shared
+                .change_streams(|streams| streams.open(Arc::clone(&slot)));
             // The reader's timer must not fire later than this stream's deadline (give or
             // take the timer's own millisecond).
             if early {
@@ -360,21 +353,19 @@ async fn read_loop(
             continue;
         };
         match frame {
-            Ok(Some(frame)) => {
-                // The rest of what that read brought is handled before the next select:
-                // a bounded amount (one read buffer), so the timer and the writer's
-                // failure wait at most that long.
-                let mut next = Some(frame);
-                while let Some(frame) = next {
-                    if let Err(reason) = on_frame(&shared, &tx, frame) {
-                        break 'read reason;
-                    }
-                    next = match reader.buffered_frame() {
-                        Ok(next) => next,
-                        Err(err) => break 'read err.to_string(),
-                    };
+            // The rest of what that read brought is handled before the next select: a
+            // bounded amount (one read buffer), so the timer and the writer's failure
+            // wait at most that long.
+            Ok(Some(mut frame)) => loop {
+                if let Err(reason) = on_frame(&shared, &tx, frame) {
+                    break 'read reason;
                 }
-            }
+                match reader.buffered_frame() {
+                    Ok(Some(next)) => frame = next,
+                    Ok(None) => break,
+                    Err(err) => break 'read err.to_string(),
+                }
+            },
             Ok(None) => break "the server closed the connection".to_owned(),
             Err(err) => break err.to_string(),
         }
@@ -476,21 +467,17 @@ fn deliver(shared: &Shared, tx: &Weak<Sender>, stream_id: u64, payload: Bytes) {
 /// After go-away, streams above `last_stream_id` were never processed: fail them as
 /// retryable now rather than letting them time out.
 fn fail_unprocessed(shared: &Shared, last_stream_id: u64, message: &str) {
-    let unprocessed: Vec<_> = {
-        let mut streams = lock(&shared.streams);
+    let unprocessed: Vec<_> = shared.change_streams(|streams| {
         let ids: Vec<u64> = streams
             .open
             .keys()
             .copied()
             .filter(|id| *id > last_stream_id)
             .collect();
-        let unprocessed = ids
-            .into_iter()
+        ids.into_iter()
             .filter_map(|id| streams.open.remove(&id))
-            .collect();
-        shared.count(&streams);
-        unprocessed
-    };
+            .collect()
+    });
     for slot in unprocessed {
         slot.finish(Err(RequestError::Remote {
             code: ErrorCode::ShuttingDown,

@@ -428,14 +428,16 @@ mod tests {
 
     const LARGE: usize = 4 << 20;
 
-    fn large_frame() -> BytesMut {
+    /// A DATA frame on the wire.
+    fn data(stream_id: u64, payload: Bytes) -> BytesMut {
         let mut wire = BytesMut::new();
-        let frame = Frame::Data {
-            stream_id: 1,
-            payload: Bytes::from(vec![7; LARGE]),
-        };
+        let frame = Frame::Data { stream_id, payload };
         encode_frame(&frame, usize::MAX, &mut wire).unwrap();
         wire
+    }
+
+    fn large_frame() -> BytesMut {
+        data(1, Bytes::from(vec![7; LARGE]))
     }
 
     /// Paused time: the runtime jumps to each timer once every task waits.
@@ -490,25 +492,15 @@ mod tests {
         assert_eq!(addresses[2], addresses[0]);
     }
 
-    fn data(stream_id: u64) -> BytesMut {
-        let mut wire = BytesMut::new();
-        let frame = Frame::Data {
-            stream_id,
-            payload: Bytes::from_static(b"payload"),
-        };
-        encode_frame(&frame, usize::MAX, &mut wire).unwrap();
-        wire
-    }
-
     #[tokio::test]
     async fn buffered_frames_are_what_reads_brought_and_a_partial_one_waits_for_the_socket() {
         let (mut peer, io) = tokio::io::duplex(1 << 16);
         let mut reader = FrameReader::new(io, 1 << 20, 1 << 20);
         let mut wire = BytesMut::new();
         for stream_id in 1..=3 {
-            wire.extend_from_slice(&data(stream_id));
+            wire.extend_from_slice(&data(stream_id, Bytes::from_static(b"payload")));
         }
-        let last = data(4);
+        let last = data(4, Bytes::from_static(b"payload"));
         let cut = last.len() - 1;
         wire.extend_from_slice(&last[..cut]);
         peer.write_all(&wire).await.unwrap();

@@ -204,25 +204,22 @@ impl Connection {
                 }
                 _ = streams.idle.notified(), if self.draining || self.read_closed => {}
                 frame = reader.next_frame(), if room && !self.read_closed => match frame {
-                    Ok(Some(frame)) => {
+                    // The rest of what that read brought, while the answers have room:
+                    // one turn of this loop (its clocks, its signals) per read, not per
+                    // frame. Bounded by one read buffer.
+                    Ok(Some(mut frame)) => loop {
                         if let Err(how) = self.on_frame(frame) {
                             return how;
                         }
-                        // The rest of what that read brought, while the answers have
-                        // room: one turn of this loop (its clocks, its signals) per read,
-                        // not per frame. Bounded by one read buffer.
-                        while self.writer.queued() < OUTPUT_BUDGET && !self.read_closed {
-                            match reader.buffered_frame() {
-                                Ok(Some(frame)) => {
-                                    if let Err(how) = self.on_frame(frame) {
-                                        return how;
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(err) => return self.on_decode_error(err),
-                            }
+                        if self.writer.queued() >= OUTPUT_BUDGET {
+                            break;
                         }
-                    }
+                        match reader.buffered_frame() {
+                            Ok(Some(next)) => frame = next,
+                            Ok(None) => break,
+                            Err(err) => return self.on_decode_error(err),
+                        }
+                    },
                     Ok(None) => self.read_closed = true,
                     Err(err) => return self.on_decode_error(err),
                 },
