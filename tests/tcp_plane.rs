@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use planewire::codec::{ErrorCode, HEADER_LEN, INITIAL_READ_CAPACITY};
+use planewire::codec::{
+    ErrorCode, Frame, FrameDecoder, HEADER_LEN, INITIAL_READ_CAPACITY, RequestFrame, encode_frame,
+};
 use planewire::planes::request::ServerLimits;
 use planewire::planes::request::{
     HandlerError, Request, RequestError, RequestPlaneClient, RequestPlaneServer, unary_handler,
@@ -333,7 +335,7 @@ async fn read_buffers_return_to_their_initial_size_after_twenty_32_mib_requests(
 /// window (plus one frame of slack) admits, and it is cancelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_overrunning_the_window_fails_its_own_stream_only() {
-    use planewire::codec::{Frame, FrameDecoder, INITIAL_STREAM_WINDOW, encode_frame};
+    use planewire::codec::INITIAL_STREAM_WINDOW;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const MAX_FRAME: usize = 1 << 20;
@@ -426,6 +428,138 @@ async fn a_server_overrunning_the_window_fails_its_own_stream_only() {
     );
     assert_echoes(&client, &addr, "after").await;
     drop(client);
+    within("the fake server to see the close", fake_server)
+        .await
+        .unwrap();
+}
+
+/// A hand-written server for one connection: waits for `requests` REQUESTs, writes the
+/// frames `answer` makes of them in one write, then reads until the client closes.
+async fn scripted_server(
+    requests: usize,
+    answer: impl FnOnce(&[RequestFrame]) -> Vec<Frame> + Send + 'static,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut decoder = FrameDecoder::new(1 << 20, 1 << 20);
+        let mut buf = decoder.new_buffer();
+        let mut received = Vec::new();
+        while received.len() < requests {
+            match decoder.decode_frame(&mut buf).unwrap() {
+                Some(Frame::Request(req)) => received.push(req),
+                Some(other) => panic!("unexpected {other:?}"),
+                None => assert!(socket.read_buf(&mut buf).await.unwrap() > 0),
+            }
+        }
+        let mut wire = bytes::BytesMut::new();
+        for frame in answer(&received) {
+            encode_frame(&frame, usize::MAX, &mut wire).unwrap();
+        }
+        socket.write_all(&wire).await.unwrap();
+        // Until the client closes: what the frames say, not the socket's end, is tested.
+        while matches!(socket.read_buf(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    (addr, server)
+}
+
+/// PROTOCOL.md §7.5 and §7.6, client side, against a server that puts in one write: DATA,
+/// END and ERROR for stream ids the client never opened, the answer to the first
+/// request, then a GOAWAY `Protocol` whose `last_stream_id` leaves the second request
+/// unprocessed. The client ignores the strangers, delivers the answer, and fails the
+/// second request as not processed (`ShuttingDown`, safe to retry elsewhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_an_answer_and_a_goaway_in_one_write_are_each_handled() {
+    let (addr, fake_server) = scripted_server(2, |requests| {
+        let answered = requests
+            .iter()
+            .find(|req| req.payload == "first")
+            .unwrap()
+            .stream_id;
+        vec![
+            Frame::Data {
+                stream_id: 1000,
+                payload: Bytes::from_static(b"stale"),
+            },
+            Frame::End {
+                stream_id: 1001,
+                payload: Bytes::from_static(b"stale"),
+            },
+            Frame::Error {
+                stream_id: 1002,
+                code: ErrorCode::Handler,
+                message: "stale".into(),
+            },
+            Frame::End {
+                stream_id: answered,
+                payload: Bytes::from_static(b"answer"),
+            },
+            Frame::GoAway {
+                last_stream_id: answered,
+                code: ErrorCode::Protocol,
+                message: "going away on an error".into(),
+            },
+        ]
+    })
+    .await;
+    let client = TcpClient::new(TcpConfig {
+        pool_size: 1,
+        ..tcp_config()
+    })
+    .unwrap();
+    let mut first = client
+        .call(&addr, Request::new(&path("echo"), "first"))
+        .await
+        .unwrap();
+    let mut second = client
+        .call(&addr, Request::new(&path("echo"), "second"))
+        .await
+        .unwrap();
+    let answer = within("the first answer", first.next()).await;
+    assert_eq!(answer.unwrap().unwrap(), "answer");
+    assert!(
+        within("the first stream's end", first.next())
+            .await
+            .is_none()
+    );
+    match within("the second stream's end", second.next()).await {
+        Some(Err(RequestError::Remote { code, message })) => {
+            assert_eq!(code, ErrorCode::ShuttingDown, "{message}");
+        }
+        other => panic!("the unprocessed request ended with {other:?}"),
+    }
+    drop((first, second, client));
+    within("the fake server to see the close", fake_server)
+        .await
+        .unwrap();
+}
+
+/// PROTOCOL.md §7.1, client side: a CANCEL from the server (a client-only frame) ends the
+/// connection, and the stream open on it fails with an error naming the cause, not with
+/// an answer or a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_only_frame_from_the_server_fails_the_connection_by_name() {
+    let (addr, fake_server) = scripted_server(1, |requests| {
+        vec![Frame::Cancel {
+            stream_id: requests[0].stream_id,
+        }]
+    })
+    .await;
+    let client = TcpClient::new(tcp_config()).unwrap();
+    let mut stream = client
+        .call(&addr, Request::new(&path("echo"), "hello"))
+        .await
+        .unwrap();
+    match within("the stream's end", stream.next()).await {
+        Some(Err(err @ RequestError::ConnectionLost { .. })) => {
+            assert!(err.to_string().contains("client-only frame"), "{err}");
+        }
+        other => panic!("the stream ended with {other:?}"),
+    }
+    drop((stream, client));
     within("the fake server to see the close", fake_server)
         .await
         .unwrap();
