@@ -434,11 +434,14 @@ async fn a_server_overrunning_the_window_fails_its_own_stream_only() {
 }
 
 /// A hand-written server for one connection: waits for `requests` REQUESTs, writes the
-/// frames `answer` makes of them in one write, then reads until the client closes.
+/// bytes `answer` makes of them in one write (then shuts its write side if `then_eof`),
+/// and reads until the client closes. Its task returns the frames the client sent after
+/// the answer.
 async fn scripted_server(
     requests: usize,
-    answer: impl FnOnce(&[RequestFrame]) -> Vec<Frame> + Send + 'static,
-) -> (String, tokio::task::JoinHandle<()>) {
+    then_eof: bool,
+    answer: impl FnOnce(&[RequestFrame]) -> Vec<u8> + Send + 'static,
+) -> (String, tokio::task::JoinHandle<Vec<Frame>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -455,15 +458,29 @@ async fn scripted_server(
                 None => assert!(socket.read_buf(&mut buf).await.unwrap() > 0),
             }
         }
-        let mut wire = bytes::BytesMut::new();
-        for frame in answer(&received) {
-            encode_frame(&frame, usize::MAX, &mut wire).unwrap();
+        socket.write_all(&answer(&received)).await.unwrap();
+        if then_eof {
+            socket.shutdown().await.unwrap();
         }
-        socket.write_all(&wire).await.unwrap();
-        // Until the client closes: what the frames say, not the socket's end, is tested.
+        // Until the client closes (a reset counts: the bytes before it were read).
         while matches!(socket.read_buf(&mut buf).await, Ok(n) if n > 0) {}
+        let mut after = Vec::new();
+        while let Some(frame) = decoder.decode_frame(&mut buf).unwrap() {
+            after.push(frame);
+        }
+        assert!(buf.is_empty(), "the client's last frame was cut: {buf:?}");
+        after
     });
     (addr, server)
+}
+
+/// `frames` as one server write.
+fn wire(frames: Vec<Frame>) -> Vec<u8> {
+    let mut wire = bytes::BytesMut::new();
+    for frame in frames {
+        encode_frame(&frame, usize::MAX, &mut wire).unwrap();
+    }
+    wire.to_vec()
 }
 
 /// PROTOCOL.md §7.5 and §7.6, client side, against a server that puts in one write: DATA,
@@ -473,13 +490,13 @@ async fn scripted_server(
 /// second request as not processed (`ShuttingDown`, safe to retry elsewhere).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_an_answer_and_a_goaway_in_one_write_are_each_handled() {
-    let (addr, fake_server) = scripted_server(2, |requests| {
+    let (addr, fake_server) = scripted_server(2, false, |requests| {
         let answered = requests
             .iter()
             .find(|req| req.payload == "first")
             .unwrap()
             .stream_id;
-        vec![
+        wire(vec![
             Frame::Data {
                 stream_id: 1000,
                 payload: Bytes::from_static(b"stale"),
@@ -502,7 +519,7 @@ async fn strangers_an_answer_and_a_goaway_in_one_write_are_each_handled() {
                 code: ErrorCode::Protocol,
                 message: "going away on an error".into(),
             },
-        ]
+        ])
     })
     .await;
     let client = TcpClient::new(TcpConfig {
@@ -537,32 +554,106 @@ async fn strangers_an_answer_and_a_goaway_in_one_write_are_each_handled() {
         .unwrap();
 }
 
-/// PROTOCOL.md §7.1, client side: a CANCEL from the server (a client-only frame) ends the
-/// connection, and the stream open on it fails with an error naming the cause, not with
-/// an answer or a hang.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_only_frame_from_the_server_fails_the_connection_by_name() {
-    let (addr, fake_server) = scripted_server(1, |requests| {
-        vec![Frame::Cancel {
-            stream_id: requests[0].stream_id,
-        }]
+/// PROTOCOL.md §6.2, §7.1 and §7.6, client side: a server that breaks the protocol gets a
+/// GOAWAY naming the break (`last_stream_id` 0, `code`) and the client's end-of-stream,
+/// while the client itself lives on; the stream open on that connection fails with an
+/// error naming the cause, not with an answer or a hang.
+async fn a_broken_server_gets_goaway_and_the_close(
+    max_message_size: usize,
+    answer: impl FnOnce(&[RequestFrame]) -> Vec<u8> + Send + 'static,
+    code: ErrorCode,
+    cause: &str,
+) {
+    let (addr, fake_server) = scripted_server(1, false, answer).await;
+    let client = TcpClient::new(TcpConfig {
+        max_message_size,
+        ..tcp_config()
     })
-    .await;
-    let client = TcpClient::new(tcp_config()).unwrap();
+    .unwrap();
     let mut stream = client
         .call(&addr, Request::new(&path("echo"), "hello"))
         .await
         .unwrap();
     match within("the stream's end", stream.next()).await {
         Some(Err(err @ RequestError::ConnectionLost { .. })) => {
-            assert!(err.to_string().contains("client-only frame"), "{err}");
+            assert!(err.to_string().contains(cause), "{err}");
         }
         other => panic!("the stream ended with {other:?}"),
     }
+    // The client is still held: the close is the client's own doing.
+    let after = within("the client to close", fake_server).await.unwrap();
+    match after.as_slice() {
+        [
+            Frame::GoAway {
+                last_stream_id: 0,
+                code: sent,
+                message,
+            },
+        ] => {
+            assert_eq!(*sent, code, "{message}");
+            assert!(message.as_str().contains(cause), "{message}");
+        }
+        other => panic!("the client sent {other:?} before closing"),
+    }
+    assert_eq!(client.connection_count(&addr), 0);
     drop((stream, client));
-    within("the fake server to see the close", fake_server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_only_frame_from_the_server_gets_goaway_protocol_and_the_close() {
+    let cancel = |requests: &[RequestFrame]| {
+        wire(vec![Frame::Cancel {
+            stream_id: requests[0].stream_id,
+        }])
+    };
+    let cause = "the server sent a CANCEL frame, which only clients send";
+    a_broken_server_gets_goaway_and_the_close(1 << 20, cancel, ErrorCode::Protocol, cause).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_the_server_gets_goaway_protocol_and_the_close() {
+    let http = |_: &[RequestFrame]| b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec();
+    let cause = "bad magic byte 0x48";
+    a_broken_server_gets_goaway_and_the_close(1 << 20, http, ErrorCode::Protocol, cause).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_frame_from_the_server_gets_goaway_frame_too_large_and_the_close() {
+    // The header alone: the client refuses the frame before its body arrives.
+    let oversize = |requests: &[RequestFrame]| {
+        let mut bytes = wire(vec![Frame::End {
+            stream_id: requests[0].stream_id,
+            payload: Bytes::from(vec![0; 128 * 1024]),
+        }]);
+        bytes.truncate(HEADER_LEN);
+        bytes
+    };
+    let cause = "exceeds the maximum message size of 65536 bytes";
+    let code = ErrorCode::FrameTooLarge;
+    a_broken_server_gets_goaway_and_the_close(64 * 1024, oversize, code, cause).await;
+}
+
+/// PROTOCOL.md §7.10, client side: once the server has answered and shut its write side,
+/// the client closes its socket, which ends the server's linger, though the client itself
+/// (and its pool) lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_closes_once_it_sees_the_servers_end_of_stream() {
+    let (addr, fake_server) = scripted_server(1, true, |requests| {
+        wire(vec![Frame::End {
+            stream_id: requests[0].stream_id,
+            payload: Bytes::from_static(b"answer"),
+        }])
+    })
+    .await;
+    let client = TcpClient::new(tcp_config()).unwrap();
+    let answer = client
+        .unary(&addr, Request::new(&path("echo"), "hello"))
         .await
         .unwrap();
+    assert_eq!(answer, "answer");
+    let after = within("the client to close", fake_server).await.unwrap();
+    assert!(after.is_empty(), "the client sent {after:?}");
+    assert_eq!(client.connection_count(&addr), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,5 @@
 use super::FrameKind;
+use crate::vocab::ErrorCode;
 
 /// Why bytes could not be turned into a frame, or a frame into bytes.
 ///
@@ -43,4 +44,17 @@ pub enum CodecError {
     Truncated { buffered: usize },
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl CodecError {
+    /// The code of the GOAWAY a receiver sends before closing on this decode error
+    /// (`PROTOCOL.md` §6.2): `FrameTooLarge` for an oversize frame, `Protocol` for the rest;
+    /// `None` for an I/O error, after which nothing can be sent.
+    pub fn goaway_code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Io(_) => None,
+            Self::FrameTooLarge { .. } => Some(ErrorCode::FrameTooLarge),
+            _ => Some(ErrorCode::Protocol),
+        }
+    }
 }

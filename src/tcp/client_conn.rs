@@ -21,9 +21,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::client_writer::{SendError, Sender, write_side};
 use super::config::{ENV_CONNECT_TIMEOUT, ENV_TCP_REQUEST_TIMEOUT, TcpConfig};
-use super::io::{FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound, Side, budget_share};
+use super::io::{
+    FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound, Side, budget_share, close_gracefully,
+};
 use super::stream_slot::{Next, StreamSlot};
-use crate::codec::{ErrorCode, Frame, RequestFrame};
+use crate::codec::{ErrorCode, Frame, RequestFrame, fit_message};
 use crate::hash::LocalMap;
 use crate::planes::request::RequestError;
 use crate::sync::lock;
@@ -335,10 +337,14 @@ async fn read_loop(
     let timer = tokio::time::sleep_until(first);
     let rearm = shared.rearm.notified();
     tokio::pin!(timer, rearm);
-    let reason = 'read: loop {
+    // Why reading stopped, and the GOAWAY code owed to the server if it broke the
+    // protocol (`PROTOCOL.md` §6.2, §7.6).
+    let (reason, goaway) = 'read: loop {
         let frame = tokio::select! {
             biased;
-            _ = &mut writer_failed => break "the connection could not be written to".to_owned(),
+            _ = &mut writer_failed => {
+                break ("the connection could not be written to".to_owned(), None);
+            }
             () = &mut timer => None,
             () = &mut rearm => {
                 rearm.set(shared.rearm.notified());
@@ -358,23 +364,40 @@ async fn read_loop(
             // wait at most that long.
             Ok(Some(mut frame)) => loop {
                 if let Err(reason) = on_frame(&shared, &tx, frame) {
-                    break 'read reason;
+                    break 'read (reason, Some(ErrorCode::Protocol));
                 }
                 match reader.buffered_frame() {
                     Ok(Some(next)) => frame = next,
                     Ok(None) => break,
-                    Err(err) => break 'read err.to_string(),
+                    Err(err) => break 'read (err.to_string(), err.goaway_code()),
                 }
             },
-            Ok(None) => break "the server closed the connection".to_owned(),
-            Err(err) => break err.to_string(),
+            Ok(None) => break ("the server closed the connection".to_owned(), None),
+            Err(err) => break (err.to_string(), err.goaway_code()),
         }
     };
+    // Taken before the connection is marked closed, which makes the writer task drop it.
+    let farewell = goaway.and_then(|code| {
+        let writer = tx.upgrade()?.take_writer()?;
+        Some((writer, code))
+    });
     shared.mark_closed();
     shared.fail_all(&RequestError::ConnectionLost {
         address: shared.address.clone(),
-        reason,
+        reason: reason.clone(),
     });
+    if let Some((mut writer, code)) = farewell {
+        // The streams have failed: their requests still queued are not worth sending.
+        writer.discard_queued(|_| true);
+        writer.push(Frame::GoAway {
+            last_stream_id: 0,
+            code,
+            message: fit_message(reason, shared.max_frame_len),
+        });
+        if let Err(err) = close_gracefully(writer, reader.into_inner()).await {
+            tracing::debug!(address = %shared.address, %err, "closing without flushing");
+        }
+    }
 }
 
 /// Fails streams past their deadline and cancels them on the server.
@@ -439,7 +462,14 @@ fn on_frame(shared: &Shared, tx: &Weak<Sender>, frame: Frame) -> Result<(), Stri
         }
         Frame::Pong { .. } => {}
         Frame::Request(_) | Frame::Cancel { .. } | Frame::WindowUpdate { .. } => {
-            return Err("protocol error: the server sent a client-only frame".to_owned());
+            let kind = match frame {
+                Frame::Request(_) => "REQUEST",
+                Frame::Cancel { .. } => "CANCEL",
+                _ => "WINDOW_UPDATE",
+            };
+            return Err(format!(
+                "protocol error: the server sent a {kind} frame, which only clients send"
+            ));
         }
     }
     Ok(())

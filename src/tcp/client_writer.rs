@@ -20,7 +20,7 @@ use super::io::{FrameWriter, Outbound, WRITE_BATCH_BYTES};
 use crate::codec::Frame;
 use crate::sync::lock;
 
-type Writer = FrameWriter<OwnedWriteHalf>;
+pub(crate) type Writer = FrameWriter<OwnedWriteHalf>;
 
 /// What the writer task and the senders share.
 struct Core {
@@ -135,6 +135,13 @@ impl Sender {
                 }
             }
         }
+    }
+
+    /// Takes the socket's write side from the writer task and every sender, for a close
+    /// that owes the server a last frame; `None` if the connection's writing is over.
+    /// Frames still queued are never written.
+    pub(crate) fn take_writer(&self) -> Option<Writer> {
+        lock(&self.core.writer).take()
     }
 
     /// Writes `out` to the socket from the caller, when nothing waits ahead of it and no

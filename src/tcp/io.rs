@@ -418,6 +418,36 @@ pub(crate) async fn budget_share(
 /// whatever the peer does. A single frame larger than this still passes, alone.
 pub(crate) const OUTPUT_BUDGET: usize = 4 * 1024 * 1024;
 
+/// How long a closing connection may spend flushing its last frames to a slow peer.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a closing connection reads and discards what the peer still sends after our
+/// write side is shut.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// The end of a close, either side (`PROTOCOL.md` §7.10): writes what `writer` holds,
+/// never cutting a frame, shuts the write side, then reads and discards until the peer
+/// closes too or [`LINGER`] passes. Closing with unread input would make the kernel send a
+/// reset, which destroys what the peer has received and not read yet. A peer that does not
+/// take the bytes within [`CLOSE_FLUSH_TIMEOUT`] (it stopped reading) is left at once.
+pub(crate) async fn close_gracefully<W: AsyncWrite + Unpin>(
+    mut writer: FrameWriter<W>,
+    mut rd: impl AsyncRead + Unpin,
+) -> io::Result<()> {
+    tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer.shutdown())
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading"))??;
+    let mut scratch = [0u8; 16 * 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = rd.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;

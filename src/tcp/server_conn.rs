@@ -19,14 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::io::{FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound, Side};
+use super::io::{FrameReader, FrameWriter, OUTPUT_BUDGET, Outbound, Side, close_gracefully};
 use super::server_state::{Phase, PhaseSignal, Shared};
 use super::stream_task::{Credit, Framer, Step, StreamTask, cost};
 use crate::codec::{
@@ -41,12 +40,6 @@ const OUTBOUND_QUEUE: usize = 256;
 /// Responses a ready handler may produce inline before the rest moves to its own task,
 /// so an endless ready stream cannot monopolize the connection.
 const INLINE_STEPS: usize = 64;
-/// How long a closing connection may spend flushing its last frames to a slow peer.
-const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a closing connection reads and discards what the peer still sends after our
-/// write side is shut: closing with unread input makes the kernel send a reset, which
-/// destroys responses the peer has not read yet.
-const LINGER: Duration = Duration::from_secs(2);
 
 /// The PING that asks an idle connection's client whether it has seen the first GOAWAY.
 const IDLE_PING: u64 = u64::from_le_bytes(*b"idle-pw\0");
@@ -347,13 +340,9 @@ impl Connection {
     }
 
     fn on_decode_error(&mut self, err: CodecError) -> Close {
-        let code = match err {
-            CodecError::Io(_) => {
-                tracing::debug!(peer = %self.peer, %err, "connection ended");
-                return Close::Broken;
-            }
-            CodecError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
-            _ => ErrorCode::Protocol,
+        let Some(code) = err.goaway_code() else {
+            tracing::debug!(peer = %self.peer, %err, "connection ended");
+            return Close::Broken;
         };
         tracing::warn!(peer = %self.peer, %err, "closing connection after a bad frame");
         self.fail(code, err.to_string())
@@ -547,7 +536,7 @@ impl Connection {
 
     /// Ends the connection as `how` says: stops every handler still running, sends what
     /// is owed at frame boundaries, shuts the write side, then reads and discards until
-    /// the peer closes too (or [`LINGER`] passes).
+    /// the peer closes too (see [`close_gracefully`]).
     async fn close(
         mut self,
         how: Close,
@@ -584,31 +573,8 @@ impl Connection {
                 self.refuse(stream_id, ErrorCode::ShuttingDown, message.to_owned());
             }
         }
-        let peer = self.peer;
-        match tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.writer.shutdown()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::debug!(%peer, %err, "closing write failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "peer stopped reading; closing without flushing");
-                return;
-            }
+        if let Err(err) = close_gracefully(self.writer, reader.into_inner()).await {
+            tracing::debug!(peer = %self.peer, %err, "closing without flushing");
         }
-        linger(reader.into_inner()).await;
     }
-}
-
-/// Reads and discards until the peer closes, for at most [`LINGER`].
-async fn linger(mut rd: OwnedReadHalf) {
-    let mut scratch = [0u8; 16 * 1024];
-    let _ = tokio::time::timeout(LINGER, async {
-        while let Ok(n) = rd.read(&mut scratch).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
 }
