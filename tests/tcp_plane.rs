@@ -656,6 +656,31 @@ async fn the_client_closes_once_it_sees_the_servers_end_of_stream() {
     assert_eq!(client.connection_count(&addr), 0);
 }
 
+/// The server remembers each connection's last endpoint; registering and unregistering
+/// still take effect at once for requests on a connection already open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_changes_reach_requests_on_an_open_connection() {
+    let server = echo_server().await;
+    let client = one_connection_client();
+    let addr = server.local_addr().to_string();
+    let echo = path("echo");
+    assert_echoes(&client, &addr, "before").await;
+    assert!(server.unregister(&echo));
+    let err = client
+        .unary(&addr, Request::new(&echo, "gone"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownEndpoint), "{err}");
+    let upper =
+        unary_handler(
+            |req: Request| async move { Ok(Bytes::from(req.payload.to_ascii_uppercase())) },
+        );
+    server.register(&echo, upper).await.unwrap();
+    let reply = client.unary(&addr, Request::new(&echo, "again")).await;
+    assert_eq!(reply.unwrap(), "AGAIN", "the new handler answers");
+    assert_eq!(client.connection_count(&addr), 1, "all on one connection");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_path_without_instance_reaches_the_only_instance() {
     let server = echo_server().await;

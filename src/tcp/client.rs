@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use tokio::time::Instant;
@@ -99,13 +100,16 @@ impl TcpClient {
             .checked_len(self.config.max_message_size)
             .map_err(encode_error)?;
         let pool = self.pools.get(address);
+        // Set once the start has had to wait; until then no time has passed to speak of,
+        // and the request carries the whole timeout without another clock read.
+        let waited = AtomicBool::new(false);
         let start = async {
             let mut frame = frame;
             // A connection the server is closing (idle, or draining) hands the request
             // back unsent; the pool no longer picks that connection, so this ends.
             loop {
                 let conn = pool.connection().await?;
-                match conn.start(frame, len, deadline).await {
+                match conn.start(frame, len, deadline, &waited).await {
                     Ok(stream) => return Ok(stream),
                     Err(StartError::GoingAway(request)) => frame = request,
                     Err(StartError::Failed(err)) => return Err(err),
@@ -121,6 +125,7 @@ impl TcpClient {
         {
             return started;
         }
+        waited.store(true, Ordering::Relaxed);
         tokio::time::timeout_at(deadline, start)
             .await
             .map_err(|_| RequestError::Timeout {

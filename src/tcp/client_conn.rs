@@ -236,13 +236,16 @@ impl ClientConnection {
 
     /// Opens a stream: registers it, then queues the request (waiting while the
     /// connection's output budget is spent). `request` must already be size-checked; its
-    /// stream id is assigned here; `len` is its checked length. A connection the server
-    /// is closing gives the request back untouched, for another connection.
+    /// stream id is assigned here; `len` is its checked length. `deadline` is one request
+    /// timeout after the caller began; until `waited` is set, so little time has passed
+    /// since that the request tells the server the whole timeout is left. A connection
+    /// the server is closing gives the request back untouched, for another connection.
     pub(crate) async fn start(
         &self,
         mut request: RequestFrame,
         len: usize,
         deadline: Instant,
+        waited: &AtomicBool,
     ) -> Result<ResponseStream, StartError> {
         let Ok(permit) = budget_share(len, &self.budget).await else {
             let reason = "the connection closed before the request was sent";
@@ -272,7 +275,11 @@ impl ClientConnection {
             }
             request.stream_id = stream_id;
             // The server gets the time left, so its handler stops when we stop waiting.
-            request.timeout = Some(deadline.saturating_duration_since(Instant::now()));
+            request.timeout = Some(if waited.load(Ordering::Relaxed) {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                self.shared.timeout
+            });
             let out = Outbound::budgeted(Frame::Request(request), permit);
             // A lone request goes straight to the socket; with others in flight it
             // queues, where the writer task batches it with theirs.
@@ -624,6 +631,15 @@ mod tests {
     }
 
     async fn open(conn: &ClientConnection, deadline: Instant) -> ResponseStream {
+        open_after(conn, deadline, true).await
+    }
+
+    /// [`open`] for a caller whose start `waited`, or not.
+    async fn open_after(
+        conn: &ClientConnection,
+        deadline: Instant,
+        waited: bool,
+    ) -> ResponseStream {
         let request = RequestFrame {
             stream_id: 0,
             path: "ns/component/silent".into(),
@@ -632,7 +648,10 @@ mod tests {
             timeout: None,
         };
         let len = request.checked_len(MAX_FRAME).unwrap();
-        match conn.start(request, len, deadline).await {
+        match conn
+            .start(request, len, deadline, &AtomicBool::new(waited))
+            .await
+        {
             Ok(stream) => stream,
             Err(_) => panic!("the stream did not start"),
         }
@@ -668,7 +687,14 @@ mod tests {
         let mut hurried = open(&conn, Instant::now() + Duration::from_millis(200)).await;
         expect_timeout(&mut hurried, Duration::from_secs(20)).await;
         assert_eq!(peer_frame(&mut peer).await.stream_id(), 1);
-        assert_eq!(peer_frame(&mut peer).await.stream_id(), 2);
+        match peer_frame(&mut peer).await {
+            // It waited: the server is told the time left, not the whole timeout.
+            Frame::Request(request) => {
+                assert_eq!(request.stream_id, 2);
+                assert!(request.timeout <= Some(Duration::from_millis(200)));
+            }
+            other => panic!("expected the second request, got {other:?}"),
+        }
         // The server is told to stop the timed-out request, and only that one.
         assert_eq!(peer_frame(&mut peer).await, Frame::Cancel { stream_id: 2 });
         assert_eq!(conn.in_flight(), 1);
@@ -689,6 +715,17 @@ mod tests {
                 Frame::Cancel { stream_id: round }
             );
             assert_eq!(conn.in_flight(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_that_did_not_wait_tells_the_server_the_whole_timeout() {
+        let timeout = Duration::from_secs(3600);
+        let (conn, mut peer, _open) = silent_peer(timeout).await;
+        let _stream = open_after(&conn, Instant::now() + timeout, false).await;
+        match peer_frame(&mut peer).await {
+            Frame::Request(request) => assert_eq!(request.timeout, Some(timeout)),
+            other => panic!("expected the request, got {other:?}"),
         }
     }
 }

@@ -31,7 +31,7 @@ use super::stream_task::{Credit, Framer, Step, StreamTask, cost};
 use crate::codec::{
     CodecError, ErrorCode, Frame, INITIAL_STREAM_WINDOW, RequestFrame, fit_message,
 };
-use crate::planes::request::Request;
+use crate::planes::request::{EndpointCache, Request};
 use crate::sync::lock;
 
 /// Frames from stream tasks waiting for the connection task: this bounds the small ones
@@ -124,6 +124,7 @@ struct Connection {
     /// The client shut its write side: no more requests, but every open stream still
     /// runs to its end.
     read_closed: bool,
+    endpoint_cache: EndpointCache,
 }
 
 pub(super) async fn serve_connection(
@@ -152,6 +153,7 @@ pub(super) async fn serve_connection(
         idle_since: None,
         peer_going_away: false,
         read_closed: false,
+        endpoint_cache: EndpointCache::default(),
     };
     let how = conn.run(&mut reader, &mut rx, &phase).await;
     shared.deregister(id);
@@ -201,7 +203,7 @@ impl Connection {
                     // one turn of this loop (its clocks, its signals) per read, not per
                     // frame. Bounded by one read buffer.
                     Ok(Some(mut frame)) => loop {
-                        if let Err(how) = self.on_frame(frame) {
+                        if let Err(how) = self.on_frame(frame, reader.last_read()) {
                             return how;
                         }
                         if self.writer.queued() >= OUTPUT_BUDGET {
@@ -367,10 +369,11 @@ impl Connection {
         });
     }
 
-    /// Handles one frame; `Err` closes the connection.
-    fn on_frame(&mut self, frame: Frame) -> Result<(), Close> {
+    /// Handles one frame, whose last bytes arrived at `arrived`; `Err` closes the
+    /// connection.
+    fn on_frame(&mut self, frame: Frame, arrived: Instant) -> Result<(), Close> {
         match frame {
-            Frame::Request(request) => self.on_request(request)?,
+            Frame::Request(request) => self.on_request(request, arrived)?,
             Frame::Cancel { stream_id } => self.streams.remove(stream_id, true),
             Frame::WindowUpdate {
                 stream_id,
@@ -413,7 +416,7 @@ impl Connection {
         });
     }
 
-    fn on_request(&mut self, request: RequestFrame) -> Result<(), Close> {
+    fn on_request(&mut self, request: RequestFrame, arrived: Instant) -> Result<(), Close> {
         let stream_id = request.stream_id;
         if stream_id == 0 {
             let message = "stream id 0 is reserved for connection-level frames".to_owned();
@@ -437,7 +440,10 @@ impl Connection {
             self.refuse(stream_id, ErrorCode::Protocol, msg);
             return Ok(());
         }
-        let Some(endpoint) = self.shared.endpoint(request.path.as_str()) else {
+        let Some(endpoint) = self
+            .shared
+            .endpoint(request.path.as_str(), &mut self.endpoint_cache)
+        else {
             let msg = format!(
                 "no endpoint {:?} is registered on this server (a path without an instance \
                  id matches only an endpoint with exactly one instance here)",
@@ -457,7 +463,9 @@ impl Connection {
         self.streams
             .last_accepted
             .fetch_max(stream_id, Ordering::Relaxed);
-        let deadline = request.timeout.map(|t| Instant::now() + t);
+        // The client's time left counts from when it sent the request: from its arrival
+        // here (the read that brought it), which is also one clock read fewer per request.
+        let deadline = request.timeout.map(|t| arrived + t);
         let RequestFrame {
             path,
             headers,

@@ -11,7 +11,7 @@ use futures::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::planes::request::{Endpoint, EndpointTable};
+use crate::planes::request::{Endpoint, EndpointCache, EndpointTable};
 use crate::sync::lock;
 
 /// What the server asks of its connections.
@@ -149,8 +149,8 @@ impl Shared {
             .collect()
     }
 
-    /// The endpoint serving `path` (see [`EndpointTable::lookup`]).
-    pub(super) fn endpoint(&self, path: &str) -> Option<Arc<Endpoint>> {
-        self.endpoints.lookup(path)
+    /// The endpoint serving `path` (see [`EndpointTable::lookup_cached`]).
+    pub(super) fn endpoint(&self, path: &str, cache: &mut EndpointCache) -> Option<Arc<Endpoint>> {
+        self.endpoints.lookup_cached(path, cache)
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::error::RegisterError;
 use super::handler::Handler;
@@ -54,13 +54,28 @@ impl Drop for Slot {
 /// Endpoints by path (`ns/component/endpoint/{instance hex}`).
 pub(crate) struct EndpointTable {
     endpoints: RwLock<LocalMap<String, Arc<Endpoint>>>,
+    /// Bumped by every change to `endpoints`, under its write lock: an
+    /// [`EndpointCache`] filled at an older generation is stale.
+    generation: AtomicU64,
     max_concurrent_requests: usize,
+}
+
+/// The last endpoint one connection looked up. A connection's requests mostly name one
+/// endpoint, and a hit costs a load and a short comparison, where a lookup takes the
+/// table's lock (a line every connection writes) and hashes the path.
+#[derive(Default)]
+pub(crate) struct EndpointCache {
+    /// A copy, not a slice of the request: a slice would pin the read buffer it came in.
+    path: String,
+    generation: u64,
+    endpoint: Option<Arc<Endpoint>>,
 }
 
 impl EndpointTable {
     pub(crate) fn new(max_concurrent_requests: usize) -> Self {
         Self {
             endpoints: RwLock::default(),
+            generation: AtomicU64::new(0),
             max_concurrent_requests,
         }
     }
@@ -80,12 +95,37 @@ impl EndpointTable {
             slots: Arc::new(Slots::new(self.max_concurrent_requests)),
         };
         endpoints.insert(key, Arc::new(endpoint));
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
     pub(crate) fn unregister(&self, path: &EndpointPath) -> bool {
         let mut endpoints = self.endpoints.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::Release);
         endpoints.remove(&path.to_string()).is_some()
+    }
+
+    /// [`lookup`](Self::lookup) through `cache`: the same answer, without the lookup
+    /// while `path` and the table are what they were last time.
+    pub(crate) fn lookup_cached(
+        &self,
+        path: &str,
+        cache: &mut EndpointCache,
+    ) -> Option<Arc<Endpoint>> {
+        // Read before the lookup: a change after it makes the next call look again.
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(endpoint) = &cache.endpoint
+            && cache.generation == generation
+            && cache.path == path
+        {
+            return Some(Arc::clone(endpoint));
+        }
+        let endpoint = self.lookup(path)?;
+        cache.path.clear();
+        cache.path.push_str(path);
+        cache.generation = generation;
+        cache.endpoint = Some(Arc::clone(&endpoint));
+        Some(endpoint)
     }
 
     /// The endpoint serving `path`: an exact match or, for a path without an instance id
@@ -137,5 +177,32 @@ mod tests {
         assert!(table.unregister(&one));
         assert!(!table.unregister(&one));
         assert!(table.lookup("ns/c/e").is_some());
+    }
+
+    #[test]
+    fn a_cached_lookup_follows_registrations_and_removals() {
+        let table = EndpointTable::new(4);
+        let mut cache = EndpointCache::default();
+        let one = EndpointPath::new("ns", "c", "e", 0x1f).unwrap();
+        assert!(table.lookup_cached("ns/c/e", &mut cache).is_none());
+        table.register(&one, echo()).unwrap();
+        let found = table.lookup_cached("ns/c/e", &mut cache).unwrap();
+        let again = table.lookup_cached("ns/c/e", &mut cache).unwrap();
+        assert!(Arc::ptr_eq(&found, &again));
+        // Another path is looked up, not answered from the cache.
+        assert!(table.lookup_cached("ns/c/other", &mut cache).is_none());
+        assert!(table.lookup_cached("ns/c/e/1f", &mut cache).is_some());
+        // A second instance makes the bare path ambiguous; removing the first makes it
+        // name the second. The cache sees both changes.
+        assert!(table.lookup_cached("ns/c/e", &mut cache).is_some());
+        let two = EndpointPath::new("ns", "c", "e", 0x2f).unwrap();
+        table.register(&two, echo()).unwrap();
+        assert!(table.lookup_cached("ns/c/e", &mut cache).is_none());
+        table.unregister(&one);
+        let second = table.lookup_cached("ns/c/e", &mut cache).unwrap();
+        assert!(!Arc::ptr_eq(&second, &found));
+        table.unregister(&two);
+        assert!(table.lookup_cached("ns/c/e", &mut cache).is_none());
+        assert!(table.lookup_cached("ns/c/e/2f", &mut cache).is_none());
     }
 }

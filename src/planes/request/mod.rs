@@ -40,7 +40,7 @@ pub use crate::vocab::{EndpointPath, HeaderMap, PathError};
 pub use dispatch::{
     ENV_REQUEST_PLANE, PlaneClient, PlaneServer, RequestPlaneConfig, RequestPlaneKind, Responses,
 };
-pub(crate) use endpoints::{Endpoint, EndpointTable, Slot};
+pub(crate) use endpoints::{Endpoint, EndpointCache, EndpointTable, Slot};
 pub use error::{HandlerError, RegisterError, RequestError, SharedError, StartError};
 pub use handler::{Handler, HandlerStream, Request, unary_handler};
 pub use limits::{DEFAULT_REQUEST_TIMEOUT, ENV_REQUEST_TIMEOUT, ServerLimits};
