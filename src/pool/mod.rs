@@ -78,6 +78,16 @@ impl<C: Connector> Pools<C> {
         pool
     }
 
+    /// A connection to `address` the pool hands out without waiting or growing (see
+    /// [`AddressPool::connection`]); `None` sends the caller the long way, through
+    /// [`get`](Self::get). The common case, taken per request: it saves a reference count
+    /// on the pool, which every caller on every thread shares, and a wake subscription.
+    pub(crate) fn ready_connection(&self, address: &str) -> Option<Arc<C::Connection>> {
+        let pools = lock(&self.by_address);
+        let pool = pools.get(address)?;
+        pool.pick_now(&mut lock(&pool.state))
+    }
+
     /// Forgets every pool: their connections close as soon as the streams still running
     /// on them end.
     pub(crate) fn clear(&self) {
@@ -155,6 +165,22 @@ impl<C: Connector> AddressPool<C> {
 
     fn pick(&self) -> Pick<C::Connection> {
         let mut state = lock(&self.state);
+        if let Some(conn) = self.pick_now(&mut state) {
+            return Pick::Use(conn);
+        }
+        // Nothing to use now: with a connect under way there is no usable connection at
+        // all (`pick_now` takes a busy one then), so wait for it; otherwise grow.
+        if state.connecting {
+            return Pick::Wait(state.attempt);
+        }
+        state.connecting = true;
+        state.attempt += 1;
+        Pick::Connect(state.attempt)
+    }
+
+    /// The usable connection with the fewest streams in flight, unless the pool should
+    /// grow first (it is busy, there is room, and no connect is under way) or has none.
+    fn pick_now(&self, state: &mut State<C::Connection>) -> Option<Arc<C::Connection>> {
         state
             .connections
             .retain(|c| c.is_usable() || (!c.is_closed() && c.in_flight() > 0));
@@ -169,19 +195,9 @@ impl<C: Connector> AddressPool<C> {
                 best = Some(conn);
             }
         }
-        let best = best.cloned();
         let room = usable < self.pool_size;
-        match best {
-            Some(conn) if conn.in_flight() < GROW_AT_IN_FLIGHT || !room || state.connecting => {
-                Pick::Use(conn)
-            }
-            None if state.connecting => Pick::Wait(state.attempt),
-            _ => {
-                state.connecting = true;
-                state.attempt += 1;
-                Pick::Connect(state.attempt)
-            }
-        }
+        best.filter(|conn| conn.in_flight() < GROW_AT_IN_FLIGHT || !room || state.connecting)
+            .cloned()
     }
 
     async fn grow(&self, attempt: u64) -> Result<Arc<C::Connection>, RequestError> {
@@ -251,5 +267,84 @@ impl<C: Connector> AddressPool<C> {
     /// The connections held now, live or draining.
     pub(crate) fn connections(&self) -> Vec<Arc<C::Connection>> {
         lock(&self.state).connections.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A connection whose load the test sets.
+    struct Fake {
+        in_flight: AtomicUsize,
+    }
+
+    impl PooledConnection for Fake {
+        fn is_usable(&self) -> bool {
+            true
+        }
+
+        fn is_closed(&self) -> bool {
+            false
+        }
+
+        fn in_flight(&self) -> usize {
+            self.in_flight.load(Ordering::Relaxed)
+        }
+    }
+
+    /// Counts the connects it makes.
+    #[derive(Default)]
+    struct Counting {
+        connects: AtomicUsize,
+    }
+
+    impl Connector for Counting {
+        type Connection = Fake;
+
+        async fn connect(&self, _: &str, _: SocketAddr) -> Result<Fake, RequestError> {
+            self.connects.fetch_add(1, Ordering::Relaxed);
+            Ok(Fake {
+                in_flight: AtomicUsize::new(0),
+            })
+        }
+    }
+
+    const ADDRESS: &str = "127.0.0.1:9";
+
+    #[tokio::test]
+    async fn the_ready_path_hands_out_what_is_there_and_leaves_growing_to_the_long_way() {
+        let pools = Pools::new(Counting::default(), 2);
+        assert!(pools.ready_connection(ADDRESS).is_none(), "no pool yet");
+        let pool = pools.get(ADDRESS);
+        assert!(
+            pools.ready_connection(ADDRESS).is_none(),
+            "no connection yet"
+        );
+        // Looking did not claim a connect: the long way makes one.
+        let first = pool.connection().await.unwrap();
+        assert_eq!(pools.connector.connects.load(Ordering::Relaxed), 1);
+        let ready = pools.ready_connection(ADDRESS).unwrap();
+        assert!(Arc::ptr_eq(&ready, &first));
+        // Busy, with room for another: the pool should grow, which only the long way does.
+        first.in_flight.store(GROW_AT_IN_FLIGHT, Ordering::Relaxed);
+        assert!(pools.ready_connection(ADDRESS).is_none());
+        let second = pool.connection().await.unwrap();
+        assert_eq!(pools.connector.connects.load(Ordering::Relaxed), 2);
+        assert!(Arc::ptr_eq(
+            &pools.ready_connection(ADDRESS).unwrap(),
+            &second
+        ));
+        // Full: the least busy connection, however busy.
+        second
+            .in_flight
+            .store(GROW_AT_IN_FLIGHT + 5, Ordering::Relaxed);
+        assert!(Arc::ptr_eq(
+            &pools.ready_connection(ADDRESS).unwrap(),
+            &first
+        ));
+        assert_eq!(pools.connector.connects.load(Ordering::Relaxed), 2);
     }
 }

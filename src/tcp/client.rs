@@ -99,7 +99,6 @@ impl TcpClient {
         let len = frame
             .checked_len(self.config.max_message_size)
             .map_err(encode_error)?;
-        let pool = self.pools.get(address);
         // Set once the start has had to wait; until then no time has passed to speak of,
         // and the request carries the whole timeout without another clock read.
         let waited = AtomicBool::new(false);
@@ -108,7 +107,10 @@ impl TcpClient {
             // A connection the server is closing (idle, or draining) hands the request
             // back unsent; the pool no longer picks that connection, so this ends.
             loop {
-                let conn = pool.connection().await?;
+                let conn = match self.pools.ready_connection(address) {
+                    Some(conn) => conn,
+                    None => self.pools.get(address).connection().await?,
+                };
                 match conn.start(frame, len, deadline, &waited).await {
                     Ok(stream) => return Ok(stream),
                     Err(StartError::GoingAway(request)) => frame = request,
