@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,9 +50,16 @@ struct OpenStream {
     credit: Arc<Credit>,
 }
 
-/// The open streams of one connection.
+/// The open streams of one connection: those whose handlers continue in a task of their
+/// own. Only the connection task adds to them; stream tasks and the connection task take
+/// away.
 struct Streams {
+    /// Changed only through [`Streams::change`], which keeps `len` true.
     open: Mutex<HashMap<u64, OpenStream>>,
+    /// How many are open, stored under the lock after every change. Requests answered
+    /// inline never enter the map, so it is mostly empty: the connection task, the only
+    /// one to add, can then skip the lock and the hashing (`may_hold`).
+    len: AtomicUsize,
     /// Signalled whenever the last open stream finishes (drain completion).
     idle: Notify,
     /// Highest stream id accepted, reported in go-away.
@@ -60,21 +67,39 @@ struct Streams {
 }
 
 impl Streams {
+    /// Runs `change` on the open streams under their lock, then publishes how many are
+    /// open.
+    fn change<R>(&self, change: impl FnOnce(&mut HashMap<u64, OpenStream>) -> R) -> R {
+        let mut open = lock(&self.open);
+        let result = change(&mut open);
+        self.len.store(open.len(), Ordering::Release);
+        result
+    }
+
     /// Forgets `stream_id`; the stream's handler is cancelled if `cancel`.
     fn remove(&self, stream_id: u64, cancel: bool) {
-        let mut open = lock(&self.open);
-        if let Some(stream) = open.remove(&stream_id)
-            && cancel
-        {
-            stream.token.cancel();
-        }
-        if open.is_empty() {
+        let now_empty = self.change(|open| {
+            if let Some(stream) = open.remove(&stream_id)
+                && cancel
+            {
+                stream.token.cancel();
+            }
+            open.is_empty()
+        });
+        if now_empty {
             self.idle.notify_one();
         }
     }
 
     fn is_empty(&self) -> bool {
-        lock(&self.open).is_empty()
+        self.len.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether `stream_id` is open. Exact when called by the connection task: nothing
+    /// else adds streams, so an empty count cannot be stale in the direction that
+    /// matters.
+    fn may_hold(&self, stream_id: u64) -> bool {
+        !self.is_empty() && lock(&self.open).contains_key(&stream_id)
     }
 }
 
@@ -142,6 +167,7 @@ pub(super) async fn serve_connection(
         shared: Arc::clone(&shared),
         streams: Arc::new(Streams {
             open: Mutex::default(),
+            len: AtomicUsize::new(0),
             idle: Notify::new(),
             last_accepted: AtomicU64::new(0),
         }),
@@ -422,7 +448,7 @@ impl Connection {
             let message = "stream id 0 is reserved for connection-level frames".to_owned();
             return Err(self.fail(ErrorCode::Protocol, message));
         }
-        if lock(&self.streams.open).contains_key(&stream_id) {
+        if self.streams.may_hold(stream_id) {
             // An ERROR on this id would read as the end of the stream already open on it.
             let message = format!(
                 "stream id {stream_id} was reused while its stream is still open; \
@@ -515,7 +541,7 @@ impl Connection {
             token: token.clone(),
             credit: Arc::clone(&credit),
         };
-        lock(&self.streams.open).insert(stream_id, stream);
+        self.streams.change(|open| open.insert(stream_id, stream));
         let task = StreamTask {
             responses,
             framer,
@@ -551,15 +577,14 @@ impl Connection {
         reader: FrameReader<OwnedReadHalf>,
         mut rx: mpsc::Receiver<Outbound>,
     ) {
-        let open: HashSet<u64> = {
-            let mut open = lock(&self.streams.open);
+        let open: HashSet<u64> = self.streams.change(|open| {
             open.drain()
                 .map(|(id, stream)| {
                     stream.token.cancel();
                     id
                 })
                 .collect()
-        };
+        });
         // Stream tasks still waiting to queue a frame give up.
         self.budget.close();
         rx.close();
