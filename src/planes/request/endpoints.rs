@@ -1,7 +1,7 @@
 //! [`EndpointTable`]: the endpoints one server hosts, looked up per request. Shared by
 //! the planes whose requests name their endpoint by path (TCP, HTTP/2).
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -68,7 +68,9 @@ pub(crate) struct EndpointCache {
     /// A copy, not a slice of the request: a slice would pin the read buffer it came in.
     path: String,
     generation: u64,
-    endpoint: Option<Arc<Endpoint>>,
+    /// Weak: an unregistered handler is dropped when the table and its running requests
+    /// let go of it, not kept by an idle connection's cache.
+    endpoint: Weak<Endpoint>,
 }
 
 impl EndpointTable {
@@ -114,17 +116,17 @@ impl EndpointTable {
     ) -> Option<Arc<Endpoint>> {
         // Read before the lookup: a change after it makes the next call look again.
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some(endpoint) = &cache.endpoint
-            && cache.generation == generation
+        if cache.generation == generation
             && cache.path == path
+            && let Some(endpoint) = cache.endpoint.upgrade()
         {
-            return Some(Arc::clone(endpoint));
+            return Some(endpoint);
         }
         let endpoint = self.lookup(path)?;
         cache.path.clear();
         cache.path.push_str(path);
         cache.generation = generation;
-        cache.endpoint = Some(Arc::clone(&endpoint));
+        cache.endpoint = Arc::downgrade(&endpoint);
         Some(endpoint)
     }
 
@@ -204,5 +206,16 @@ mod tests {
         table.unregister(&two);
         assert!(table.lookup_cached("ns/c/e", &mut cache).is_none());
         assert!(table.lookup_cached("ns/c/e/2f", &mut cache).is_none());
+    }
+
+    #[test]
+    fn a_cache_does_not_keep_an_unregistered_handler_alive() {
+        let table = EndpointTable::new(4);
+        let mut cache = EndpointCache::default();
+        let path = EndpointPath::new("ns", "c", "e", 1).unwrap();
+        table.register(&path, echo()).unwrap();
+        let weak = Arc::downgrade(&table.lookup_cached("ns/c/e/1", &mut cache).unwrap());
+        table.unregister(&path);
+        assert!(weak.upgrade().is_none(), "the cache held the handler");
     }
 }
