@@ -12,7 +12,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
 
@@ -51,7 +51,8 @@ pub(crate) trait Connector: Send + Sync + 'static {
 pub(crate) struct Pools<C: Connector> {
     connector: Arc<C>,
     pool_size: usize,
-    by_address: Mutex<LocalMap<String, Arc<AddressPool<C>>>>,
+    /// Read per request by every caller, written when an address is first seen.
+    by_address: RwLock<LocalMap<String, Arc<AddressPool<C>>>>,
 }
 
 impl<C: Connector> Pools<C> {
@@ -60,22 +61,28 @@ impl<C: Connector> Pools<C> {
         Self {
             connector: Arc::new(connector),
             pool_size,
-            by_address: Mutex::default(),
+            by_address: RwLock::default(),
         }
     }
 
     pub(crate) fn get(&self, address: &str) -> Arc<AddressPool<C>> {
-        let mut pools = lock(&self.by_address);
-        if let Some(pool) = pools.get(address) {
+        if let Some(pool) = self.read().get(address) {
             return Arc::clone(pool);
         }
-        let pool = Arc::new(AddressPool::new(
-            address,
-            Arc::clone(&self.connector),
-            self.pool_size,
-        ));
-        pools.insert(address.to_owned(), Arc::clone(&pool));
-        pool
+        let mut pools = self.by_address.write().unwrap_or_else(|e| e.into_inner());
+        // Another caller may have added it between the two locks.
+        let pool = pools.entry(address.to_owned()).or_insert_with(|| {
+            Arc::new(AddressPool::new(
+                address,
+                Arc::clone(&self.connector),
+                self.pool_size,
+            ))
+        });
+        Arc::clone(pool)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, LocalMap<String, Arc<AddressPool<C>>>> {
+        self.by_address.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A connection to `address` the pool hands out without waiting or growing (see
@@ -83,7 +90,7 @@ impl<C: Connector> Pools<C> {
     /// [`get`](Self::get). The common case, taken per request: it saves a reference count
     /// on the pool, which every caller on every thread shares, and a wake subscription.
     pub(crate) fn ready_connection(&self, address: &str) -> Option<Arc<C::Connection>> {
-        let pools = lock(&self.by_address);
+        let pools = self.read();
         let pool = pools.get(address)?;
         pool.pick_now(&mut lock(&pool.state))
     }
@@ -91,11 +98,14 @@ impl<C: Connector> Pools<C> {
     /// Forgets every pool: their connections close as soon as the streams still running
     /// on them end.
     pub(crate) fn clear(&self) {
-        lock(&self.by_address).clear();
+        self.by_address
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     pub(crate) fn existing(&self, address: &str) -> Option<Arc<AddressPool<C>>> {
-        lock(&self.by_address).get(address).cloned()
+        self.read().get(address).cloned()
     }
 }
 

@@ -182,3 +182,55 @@ impl RequestPlaneClient for TcpClient {
         self.call(address, request).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::codec::{Frame, FrameDecoder};
+
+    /// The REQUEST a raw server reads next from `socket`.
+    async fn next_request(
+        socket: &mut tokio::net::TcpStream,
+        decoder: &mut FrameDecoder,
+        buf: &mut bytes::BytesMut,
+    ) -> RequestFrame {
+        loop {
+            match decoder.decode_frame(buf).unwrap() {
+                Some(Frame::Request(request)) => return request,
+                Some(other) => panic!("expected a REQUEST, got {other:?}"),
+                None => assert!(socket.read_buf(buf).await.unwrap() > 0, "closed"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_that_waited_for_its_connection_sends_the_time_left() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let timeout = Duration::from_secs(3600);
+        let client = TcpClient::new(TcpConfig {
+            request_timeout: timeout,
+            ..TcpConfig::default()
+        })
+        .unwrap();
+        let request = || Request::new("ns/component/e", "x");
+        // The first call waits for the connect; its REQUEST says how much is left, which
+        // on the wire (whole milliseconds, rounded down) is less than the timeout.
+        let (first, accepted) = tokio::join!(client.call(&address, request()), listener.accept());
+        let _first = first.unwrap();
+        let mut socket = accepted.unwrap().0;
+        let mut decoder = FrameDecoder::new(1 << 20, 1 << 20);
+        let mut buf = decoder.new_buffer();
+        let sent = next_request(&mut socket, &mut decoder, &mut buf).await;
+        assert!(sent.timeout < Some(timeout), "{:?}", sent.timeout);
+        // The second finds the connection open and sends at once: the whole timeout.
+        let _second = client.call(&address, request()).await.unwrap();
+        let sent = next_request(&mut socket, &mut decoder, &mut buf).await;
+        assert_eq!(sent.timeout, Some(timeout));
+    }
+}

@@ -264,10 +264,17 @@ impl ClientConnection {
             if self.shared.going_away.load(Ordering::Relaxed) {
                 return Err(StartError::GoingAway(request));
             }
-            // Registered before sending: the answer can arrive before `send` returns.
-            let (stream_id, alone, early) = self
-                .shared
-                .change_streams(|streams| streams.open(Arc::clone(&slot)));
+            // Registered before sending: the answer can arrive before `send` returns. Not
+            // on a connection the reader has given up: it marks it closed before failing
+            // the streams under this lock, and one registered after that would never end.
+            let opened = self.shared.change_streams(|streams| {
+                let closed = self.shared.is_closed.load(Ordering::Relaxed);
+                (!closed).then(|| streams.open(Arc::clone(&slot)))
+            });
+            let Some((stream_id, alone, early)) = opened else {
+                let reason = "the connection closed before the request was sent";
+                return Err(StartError::Failed(self.lost(reason)));
+            };
             // The reader's timer must not fire later than this stream's deadline (give or
             // take the timer's own millisecond).
             if early {
@@ -727,5 +734,36 @@ mod tests {
             Frame::Request(request) => assert_eq!(request.timeout, Some(timeout)),
             other => panic!("expected the request, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_started_after_the_reader_gave_up_fails_at_once() {
+        let (conn, _peer, _open) = silent_peer(Duration::from_secs(3600)).await;
+        // What the reader does as it ends, before the pool has seen the connection close.
+        conn.shared.mark_closed();
+        conn.shared.fail_all(&RequestError::ConnectionLost {
+            address: conn.shared.address.clone(),
+            reason: "test".to_owned(),
+        });
+        let request = RequestFrame {
+            stream_id: 0,
+            path: "ns/component/silent".into(),
+            headers: Default::default(),
+            payload: Bytes::from_static(b"late"),
+            timeout: None,
+        };
+        let len = request.checked_len(MAX_FRAME).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        let waited = AtomicBool::new(false);
+        let started = conn.start(request, len, deadline, &waited);
+        match tokio::time::timeout(Duration::from_secs(20), started).await {
+            Ok(Err(StartError::Failed(err))) => {
+                assert!(matches!(err, RequestError::ConnectionLost { .. }), "{err}");
+            }
+            Ok(Ok(_)) => panic!("a stream opened on a connection nothing reads any more"),
+            Ok(Err(StartError::GoingAway(_))) => panic!("not going away: closed"),
+            Err(_) => panic!("the start hung"),
+        }
+        assert_eq!(conn.in_flight(), 0);
     }
 }
