@@ -354,3 +354,560 @@ async fn unknown_ids_are_ignored_and_server_only_frames_refused() {
         assert!(message.contains(kind), "{message}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Server-side promises, broken on purpose from a raw client.
+// ---------------------------------------------------------------------------------------
+
+/// Sends a PING and returns every frame that arrived before its PONG. The server
+/// answers a PING at the next frame boundary, so this is a bounded read of what it sent
+/// meanwhile, with no sleep.
+async fn ping_round(raw: &mut RawConn, opaque: u64) -> Vec<Frame> {
+    raw.send(&Frame::Ping { opaque }).await;
+    let mut before = Vec::new();
+    loop {
+        match raw.next_frame().await {
+            Some(Frame::Pong { opaque: o }) if o == opaque => return before,
+            Some(frame) => before.push(frame),
+            None => panic!("connection closed before the PONG {opaque}; saw {before:?}"),
+        }
+    }
+}
+
+/// Window cost (§7.8) of the DATA of `stream_id` among `frames`; panics on a terminal
+/// frame for it, which none of the endless streams below may get.
+fn data_cost(frames: &[Frame], stream_id: u64) -> usize {
+    frames_of(frames, stream_id)
+        .into_iter()
+        .map(|f| match f {
+            Frame::Data { payload, .. } => planewire::codec::window_cost(payload.len()),
+            other => panic!("unexpected frame on stream {stream_id}: {other:?}"),
+        })
+        .sum()
+}
+
+/// Reads until the terminal frame (END or ERROR) of `stream_id` and returns every frame
+/// read on the way, that one last; fails on a GOAWAY or a close.
+async fn until_terminal(raw: &mut RawConn, stream_id: u64) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = raw
+            .next_frame()
+            .await
+            .unwrap_or_else(|| panic!("closed before stream {stream_id} ended: {frames:?}"));
+        assert!(!matches!(frame, Frame::GoAway { .. }), "{frame:?}");
+        let terminal = frame.stream_id() == stream_id
+            && matches!(frame, Frame::End { .. } | Frame::Error { .. });
+        frames.push(frame);
+        if terminal {
+            return frames;
+        }
+    }
+}
+
+/// The code and message of the last frame of a stream, which must be an ERROR.
+fn error_of(frames: &[Frame]) -> (ErrorCode, String) {
+    match frames.last() {
+        Some(Frame::Error { code, message, .. }) => (*code, message.to_string()),
+        other => panic!("expected an ERROR, got {other:?} after {frames:?}"),
+    }
+}
+
+/// A handler that hands each request's cancellation token to the test before answering
+/// with `responses()`, so the test can watch the token fire.
+fn reporting<S>(
+    responses: impl Fn() -> S + Send + Sync + 'static,
+) -> (
+    impl Fn(Request, CancellationToken) -> S + Send + Sync + 'static,
+    tokio::sync::mpsc::UnboundedReceiver<CancellationToken>,
+)
+where
+    S: futures::Stream<Item = Result<Bytes, HandlerError>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = move |_req: Request, cancel: CancellationToken| {
+        let _ = tx.send(cancel);
+        responses()
+    };
+    (handler, rx)
+}
+
+/// Items of `size` bytes for as long as the server polls.
+fn endless(size: usize) -> impl futures::Stream<Item = Result<Bytes, HandlerError>> {
+    let item = Bytes::from(vec![b'x'; size]);
+    futures::stream::repeat_with(move || Ok(item.clone()))
+}
+
+/// A handler's stream that never yields.
+fn never() -> futures::stream::Pending<Result<Bytes, HandlerError>> {
+    futures::stream::pending()
+}
+
+async fn first_token(
+    tokens: &mut tokio::sync::mpsc::UnboundedReceiver<CancellationToken>,
+) -> CancellationToken {
+    within("the handler to start", tokens.recv())
+        .await
+        .expect("the handler's token")
+}
+
+/// §7.8: a stream whose client never grants window stops once its DATA has cost the
+/// initial 2 MiB window (plus less than one frame), without blocking the connection's
+/// other streams, and a WINDOW_UPDATE sets it going again. A server ignoring the window
+/// would queue without bound for a reader that stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ungranted_stream_stops_at_its_window_while_others_flow_and_a_grant_resumes_it() {
+    let server = echo_server().await;
+    server
+        .register(
+            &path("endless"),
+            |_req: Request, _cancel: CancellationToken| endless(1000),
+        )
+        .await
+        .unwrap();
+    let limit =
+        planewire::codec::INITIAL_STREAM_WINDOW as usize + planewire::codec::window_cost(1000);
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&request_frame(1, &path("endless"), b"")).await;
+
+    // Stopped = a PING round that brought no DATA for stream 1 after the window was
+    // spent. Each round is checked against the limit, so a server that never stops
+    // fails here instead of running into the bound.
+    let mut spent = 0;
+    let mut opaque = 0;
+    loop {
+        opaque += 1;
+        let round = data_cost(&ping_round(&mut raw, opaque).await, 1);
+        spent += round;
+        assert!(spent <= limit, "{spent} bytes of DATA without a grant");
+        if round == 0 && spent >= planewire::codec::INITIAL_STREAM_WINDOW as usize {
+            break;
+        }
+    }
+
+    // Another stream on the same connection is answered while stream 1 is stalled.
+    raw.send(&request_frame(3, &path("echo"), b"meanwhile"))
+        .await;
+    let meanwhile = until_terminal(&mut raw, 3).await;
+    assert_eq!(
+        frames_of(&meanwhile, 3),
+        [&Frame::End {
+            stream_id: 3,
+            payload: Bytes::from_static(b"meanwhile")
+        }]
+    );
+    // And stream 1 still got nothing more, then or by the next round trip.
+    spent += data_cost(&meanwhile, 1);
+    opaque += 1;
+    spent += data_cost(&ping_round(&mut raw, opaque).await, 1);
+    assert!(spent <= limit, "{spent} bytes of DATA without a grant");
+
+    // A grant resumes it.
+    raw.grant(1, 10 * 1024).await;
+    loop {
+        match raw.next_frame().await {
+            Some(Frame::Data { stream_id: 1, .. }) => break,
+            Some(Frame::Pong { .. }) => {}
+            other => panic!("expected DATA on stream 1 after the grant, got {other:?}"),
+        }
+    }
+    raw.send(&Frame::Cancel { stream_id: 1 }).await;
+}
+
+/// §7.4: on CANCEL the server stops the handler (its token fires) and sends nothing
+/// more for the stream. The stream is cancelled once it has spent its whole window, so
+/// nothing of it can still be queued (PONGs overtake queued DATA, §7.10) and any frame
+/// for it after the CANCEL is one the server should not have sent. The client grants a
+/// large window right after the CANCEL: a server that kept the stream would resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_fires_the_handlers_token_and_silences_the_stream() {
+    let server = echo_server().await;
+    let (handler, mut tokens) = reporting(|| endless(1000));
+    server.register(&path("endless"), handler).await.unwrap();
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&request_frame(1, &path("endless"), b"")).await;
+    let token = first_token(&mut tokens).await;
+    // Once DATA has cost the whole window the server's credit is spent: it has sent all
+    // it may, and all of that has been read here.
+    let mut spent = 0;
+    while spent < planewire::codec::INITIAL_STREAM_WINDOW as usize {
+        match raw.next_frame().await {
+            Some(Frame::Data {
+                stream_id: 1,
+                payload,
+            }) => spent += planewire::codec::window_cost(payload.len()),
+            other => panic!("expected DATA on stream 1, got {other:?}"),
+        }
+    }
+    raw.send(&Frame::Cancel { stream_id: 1 }).await;
+    raw.grant(1, 64 << 20).await;
+    within("the handler's token to fire", token.cancelled()).await;
+    // The round trip after the CANCEL and the one after it bring nothing for the stream.
+    for opaque in 1..=2 {
+        let round = ping_round(&mut raw, opaque).await;
+        assert!(
+            frames_of(&round, 1).is_empty(),
+            "after PONG {opaque}: {round:?}"
+        );
+    }
+    // The connection itself is fine.
+    raw.send(&request_frame(3, &path("echo"), b"next")).await;
+    let next = until_terminal(&mut raw, 3).await;
+    assert!(frames_of(&next, 1).is_empty(), "{next:?}");
+}
+
+/// §7.4, a stream cancelled while it flows (every item granted back as it arrives):
+/// its token fires and what still arrives is only what its window let the server send
+/// before the CANCEL, although a 64 MiB grant follows the CANCEL; the stream then falls
+/// silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_flowing_stream_within_what_its_window_allowed() {
+    let server = echo_server().await;
+    let (handler, mut tokens) = reporting(|| endless(1000));
+    server.register(&path("endless"), handler).await.unwrap();
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&request_frame(1, &path("endless"), b"")).await;
+    let token = first_token(&mut tokens).await;
+    let (mut received, mut granted) = (0, 0);
+    // Past the first window, so the stream flows on grants.
+    while received < 3 * planewire::codec::INITIAL_STREAM_WINDOW as usize {
+        match raw.next_frame().await {
+            Some(Frame::Data {
+                stream_id: 1,
+                payload,
+            }) => {
+                let cost = planewire::codec::window_cost(payload.len());
+                received += cost;
+                granted += cost;
+                raw.grant(1, cost as u32).await;
+            }
+            other => panic!("expected DATA on stream 1, got {other:?}"),
+        }
+    }
+    raw.send(&Frame::Cancel { stream_id: 1 }).await;
+    raw.grant(1, 64 << 20).await;
+    within("the handler's token to fire", token.cancelled()).await;
+    let limit = planewire::codec::INITIAL_STREAM_WINDOW as usize
+        + granted
+        + planewire::codec::window_cost(1000);
+    // Rounds until one brings nothing for the stream; each is held to the limit, so a
+    // server that went on fails here rather than running into the bound.
+    for opaque in 1.. {
+        let round = data_cost(&ping_round(&mut raw, opaque).await, 1);
+        received += round;
+        assert!(
+            received <= limit,
+            "{received} bytes of DATA, {granted} granted before the CANCEL"
+        );
+        if round == 0 {
+            break;
+        }
+    }
+}
+
+/// §7.3: a REQUEST's `aux` deadline is kept by the server: a handler that never
+/// answers is cancelled when it passes, and the client gets ERROR `DeadlineExceeded`
+/// for that stream rather than silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_deadline_ends_a_silent_handler_with_deadline_exceeded() {
+    let server = echo_server().await;
+    let (handler, mut tokens) = reporting(never);
+    server.register(&path("silent"), handler).await.unwrap();
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&request_to(
+        1,
+        &path("silent").to_string(),
+        Bytes::new(),
+        Some(Duration::from_millis(100)),
+    ))
+    .await;
+    let token = first_token(&mut tokens).await;
+    let frames = until_terminal(&mut raw, 1).await;
+    let mine = frames_of(&frames, 1);
+    assert_eq!(mine.len(), 1, "{frames:?}");
+    let (code, message) = error_of(&frames);
+    assert_eq!(code, ErrorCode::DeadlineExceeded, "{message}");
+    within("the handler's token to fire", token.cancelled()).await;
+}
+
+/// §7.7: a client that vanishes (its socket reset, no CANCEL, no GOAWAY) cancels the
+/// handlers of its open streams; nothing keeps running for a peer that is gone. The
+/// socket is dropped with a zero linger, so the server sees a reset as from a crashed
+/// peer: a plain close sends only a FIN, which §7.10 defines as "no more requests", and
+/// the server then rightly keeps the stream until it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_connection_cancels_its_open_handlers() {
+    let server = echo_server().await;
+    let (handler, mut tokens) = reporting(never);
+    server.register(&path("silent"), handler).await.unwrap();
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&request_frame(1, &path("silent"), b"")).await;
+    let token = first_token(&mut tokens).await;
+    assert!(!token.is_cancelled());
+    raw.stream.set_zero_linger().unwrap();
+    drop(raw);
+    within("the handler's token to fire", token.cancelled()).await;
+}
+
+/// A PING on `raw` gets its PONG: the connection survived what came before.
+async fn assert_connection_alive(raw: &mut RawConn, opaque: u64) {
+    let before = ping_round(raw, opaque).await;
+    assert!(go_away_code(&before).is_none(), "{before:?}");
+}
+
+/// §7.2 error table: a request over the endpoint's concurrency limit is refused at once
+/// with ERROR `Overloaded` on its own id; the held request and the connection go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_concurrency_limit_gets_overloaded_and_the_connection_stays() {
+    let server = server_with(ServerConfig {
+        tcp: tcp_config(),
+        limits: planewire::planes::request::ServerLimits {
+            max_concurrent_requests: 1,
+            ..Default::default()
+        },
+    })
+    .await;
+    let (handler, mut tokens) = reporting(never);
+    server.register(&path("held"), handler).await.unwrap();
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&request_frame(1, &path("held"), b"")).await;
+    let held = first_token(&mut tokens).await;
+    raw.send(&request_frame(3, &path("held"), b"")).await;
+    let frames = until_terminal(&mut raw, 3).await;
+    let (code, message) = error_of(&frames);
+    assert_eq!(code, ErrorCode::Overloaded, "{message}");
+    assert!(frames_of(&frames, 1).is_empty(), "{frames:?}");
+    assert!(!held.is_cancelled(), "the held request is not touched");
+    assert_connection_alive(&mut raw, 1).await;
+}
+
+/// §7.2 error table: a handler's own failure reaches the client as ERROR `Handler` with
+/// the handler's message, and the connection stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_handler_gets_error_handler_with_its_message_and_the_connection_stays() {
+    let server = echo_server().await;
+    server
+        .register(
+            &path("fails"),
+            planewire::planes::request::unary_handler(|_req: Request| async {
+                Err(HandlerError::from("the model is on fire"))
+            }),
+        )
+        .await
+        .unwrap();
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&request_frame(1, &path("fails"), b"")).await;
+    let (code, message) = error_of(&until_terminal(&mut raw, 1).await);
+    assert_eq!(code, ErrorCode::Handler, "{message}");
+    assert!(message.contains("the model is on fire"), "{message}");
+    assert_connection_alive(&mut raw, 1).await;
+}
+
+/// §7.2 error table: a response item over the server's maximum message size ends that
+/// stream with ERROR `FrameTooLarge` and cancels its handler; the connection, which
+/// never saw a byte of the item, stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_response_item_gets_frame_too_large_and_the_connection_stays() {
+    let server = server_with(ServerConfig {
+        tcp: TcpConfig {
+            max_message_size: 4096,
+            ..tcp_config()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    // One item too large, then it would go on forever: only the server can end it.
+    let (handler, mut tokens) = reporting(|| endless(8192));
+    server.register(&path("huge"), handler).await.unwrap();
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&request_frame(1, &path("huge"), b"")).await;
+    let token = first_token(&mut tokens).await;
+    let frames = until_terminal(&mut raw, 1).await;
+    assert_eq!(frames_of(&frames, 1).len(), 1, "{frames:?}");
+    let (code, message) = error_of(&frames);
+    assert_eq!(code, ErrorCode::FrameTooLarge, "{message}");
+    within("the handler's token to fire", token.cancelled()).await;
+    assert_connection_alive(&mut raw, 1).await;
+    raw.send(&request_frame(3, &path("echo"), b"small")).await;
+    let next = until_terminal(&mut raw, 3).await;
+    assert!(matches!(next.last(), Some(Frame::End { .. })), "{next:?}");
+}
+
+/// §7.2: ids need not increase (id 9 then id 3 are both answered), and within one
+/// stream items arrive in the order the handler produced them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_ids_are_served_and_a_streams_items_keep_their_order() {
+    let server = echo_server().await;
+    server
+        .register(
+            &path("count"),
+            |_req: Request, _cancel: CancellationToken| {
+                futures::stream::iter((0..500u32).map(|i| Ok(Bytes::from(i.to_string()))))
+            },
+        )
+        .await
+        .unwrap();
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&request_frame(9, &path("count"), b"")).await;
+    raw.send(&request_frame(3, &path("echo"), b"three")).await;
+    let mut frames = Vec::new();
+    let mut ended = 0;
+    while ended < 2 {
+        let frame = raw.next_frame().await.expect("a frame");
+        if matches!(frame, Frame::End { .. } | Frame::Error { .. }) {
+            ended += 1;
+        }
+        frames.push(frame);
+    }
+    assert_eq!(
+        frames_of(&frames, 3),
+        [&Frame::End {
+            stream_id: 3,
+            payload: Bytes::from_static(b"three")
+        }]
+    );
+    let mut items = Vec::new();
+    for frame in frames_of(&frames, 9) {
+        match frame {
+            Frame::Data { payload, .. } => items.push(payload.clone()),
+            Frame::End { payload, .. } if !payload.is_empty() => items.push(payload.clone()),
+            Frame::End { .. } => {}
+            other => panic!("unexpected frame on stream 9: {other:?}"),
+        }
+    }
+    let expected: Vec<Bytes> = (0..500u32).map(|i| Bytes::from(i.to_string())).collect();
+    assert_eq!(items, expected);
+}
+
+/// A frame's bytes: the header built field by field, then `body` as it is, so that
+/// the parts can be made to disagree with the kind or hold bad bytes.
+fn raw_frame(
+    kind: FrameKind,
+    stream_id: u64,
+    path_len: u16,
+    meta_len: u16,
+    aux: u32,
+    body: &[u8],
+) -> Vec<u8> {
+    let payload_len = body.len() - usize::from(path_len) - usize::from(meta_len);
+    let mut wire = FrameHeader::new(kind, stream_id, path_len, meta_len, payload_len as u32, aux)
+        .as_bytes()
+        .to_vec();
+    wire.extend_from_slice(body);
+    wire
+}
+
+/// §6.2 checks 6, 7 and 8 not covered above, each on a fresh connection: a PING with a
+/// payload, an END carrying a path length, a REQUEST whose header map is malformed and
+/// a GOAWAY whose message is not UTF-8 each get GOAWAY `Protocol` naming the problem,
+/// then the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_body_check_is_a_named_protocol_goaway() {
+    let server = echo_server().await;
+    let healthy = client();
+    let echo = path("echo").to_string();
+    let path_len = echo.len() as u16;
+    // One entry whose name claims 5 bytes where the section has 1 left.
+    let mut bad_map = echo.as_bytes().to_vec();
+    bad_map.extend_from_slice(&[5, 0, b'a']);
+    let cases: [(Vec<u8>, &str); 4] = [
+        (
+            raw_frame(FrameKind::Ping, 1, 0, 0, 0, b"pong?"),
+            "carries no payload",
+        ),
+        (
+            raw_frame(FrameKind::End, 1, 1, 0, 0, b"x"),
+            "only a request carries an endpoint path",
+        ),
+        (
+            raw_frame(FrameKind::Request, 1, path_len, 3, 0, &bad_map),
+            "malformed header map",
+        ),
+        (
+            raw_frame(FrameKind::GoAway, 0, 0, 0, 0, b"\xff\xfe"),
+            "go-away message is not valid UTF-8",
+        ),
+    ];
+    for (wire, expected) in cases {
+        let mut raw = RawConn::connect(&server).await;
+        raw.send_bytes(&wire).await;
+        let (code, message) = go_away_code(&raw.until_closed().await).expect("go-away");
+        assert_eq!(code, ErrorCode::Protocol, "{expected}");
+        assert!(message.contains(expected), "{message}");
+    }
+    assert_still_serving(&server, &healthy).await;
+}
+
+/// §6.2 "not checked": `aux` on a kind that ignores it (CANCEL, for an unknown id,
+/// §7.5) and a REQUEST payload that is not UTF-8 (payloads are opaque) are no decode
+/// errors: the connection stays and the next request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchecked_fields_are_not_protocol_errors() {
+    let server = echo_server().await;
+    let mut raw = RawConn::connect(&server).await;
+    raw.send_bytes(&raw_frame(FrameKind::Cancel, 42, 0, 0, 7, b""))
+        .await;
+    raw.send(&request_frame(1, &path("echo"), b"\xff\xfe not text"))
+        .await;
+    let frames = until_terminal(&mut raw, 1).await;
+    assert_eq!(
+        frames_of(&frames, 1),
+        [&Frame::End {
+            stream_id: 1,
+            payload: Bytes::from_static(b"\xff\xfe not text")
+        }]
+    );
+    assert_connection_alive(&mut raw, 1).await;
+    raw.send(&request_frame(3, &path("echo"), b"next")).await;
+    let next = until_terminal(&mut raw, 3).await;
+    assert!(matches!(next.last(), Some(Frame::End { .. })), "{next:?}");
+}
+
+/// §5 and §7.6: a client's GOAWAY with an unknown code (99) is a GOAWAY like any other,
+/// not a decode error: the stream opened before it is still served to its END, a PING
+/// still gets its PONG, and a REQUEST after it gets the documented answer (ERROR
+/// `Protocol` on that id only, §7.9), not the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_goaway_with_an_unknown_code_is_accepted_as_a_goaway() {
+    let server = echo_server().await;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    {
+        let gate = gate.clone();
+        server
+            .register(
+                &path("gated"),
+                planewire::planes::request::unary_handler(move |_req: Request| {
+                    let gate = gate.clone();
+                    async move {
+                        let _open = gate.acquire().await.unwrap();
+                        Ok(Bytes::from_static(b"done"))
+                    }
+                }),
+            )
+            .await
+            .unwrap();
+    }
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&request_frame(1, &path("gated"), b"")).await;
+    raw.send(&Frame::GoAway {
+        last_stream_id: 0,
+        code: ErrorCode::Other(99),
+        message: "bye for now".into(),
+    })
+    .await;
+    assert_connection_alive(&mut raw, 1).await;
+    raw.send(&request_frame(3, &path("echo"), b"late")).await;
+    let late = until_terminal(&mut raw, 3).await;
+    let (code, message) = error_of(&late);
+    assert_eq!(code, ErrorCode::Protocol, "{message}");
+    assert!(message.contains("own GOAWAY"), "{message}");
+    gate.add_permits(1);
+    let first = until_terminal(&mut raw, 1).await;
+    assert_eq!(
+        frames_of(&first, 1),
+        [&Frame::End {
+            stream_id: 1,
+            payload: Bytes::from_static(b"done")
+        }]
+    );
+}
