@@ -44,6 +44,28 @@ async fn garbage_bytes_close_only_that_connection() {
     assert_still_serving(&server, &healthy).await;
 }
 
+/// PROTOCOL.md §6.2 and §7.10: end-of-stream exactly between two frames is a normal close.
+/// The request before it is answered, and the server closes without a GOAWAY: it has no
+/// error to name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_of_stream_between_frames_is_answered_and_closed_without_goaway() {
+    let server = echo_server().await;
+    let mut raw = RawConn::connect(&server).await;
+    raw.send(&request_frame(1, &path("echo"), b"last")).await;
+    tokio::io::AsyncWriteExt::shutdown(&mut raw.stream)
+        .await
+        .unwrap();
+    let frames = raw.until_closed().await;
+    assert_eq!(
+        frames,
+        vec![Frame::End {
+            stream_id: 1,
+            payload: Bytes::from_static(b"last"),
+        }],
+        "exactly the answer, then the close"
+    );
+}
+
 /// A version-1 peer (no flow control) is refused on its first frame, by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_version_is_refused_by_name() {
