@@ -25,6 +25,21 @@ fn go_away_code(frames: &[Frame]) -> Option<(ErrorCode, String)> {
     })
 }
 
+/// Sends each case's bytes on a fresh connection: each must get GOAWAY `Protocol` whose
+/// message contains the case's text, then the close.
+async fn each_is_a_protocol_goaway<'a>(
+    server: &TcpServer,
+    cases: impl IntoIterator<Item = (&'a [u8], &'a str)>,
+) {
+    for (wire, expected) in cases {
+        let mut raw = RawConn::connect(server).await;
+        raw.send_bytes(wire).await;
+        let (code, message) = go_away_code(&raw.until_closed().await).expect("go-away");
+        assert_eq!(code, ErrorCode::Protocol, "{expected}");
+        assert!(message.contains(expected), "{message}");
+    }
+}
+
 async fn assert_still_serving(server: &TcpServer, client: &TcpClient) {
     assert_echoes(client, &server.local_addr().to_string(), "alive").await;
 }
@@ -327,13 +342,7 @@ async fn each_header_check_is_a_named_protocol_goaway() {
         (&payload_on_cancel, "carries no payload"),
         (&bad_path, "not valid UTF-8"),
     ];
-    for (wire, expected) in cases {
-        let mut raw = RawConn::connect(&server).await;
-        raw.send_bytes(wire).await;
-        let (code, message) = go_away_code(&raw.until_closed().await).expect("go-away");
-        assert_eq!(code, ErrorCode::Protocol, "{expected}");
-        assert!(message.contains(expected), "{message}");
-    }
+    each_is_a_protocol_goaway(&server, cases.iter().map(|(w, e)| (&w[..], *e))).await;
     assert_still_serving(&server, &healthy).await;
 }
 
@@ -850,13 +859,7 @@ async fn each_body_check_is_a_named_protocol_goaway() {
             "go-away message is not valid UTF-8",
         ),
     ];
-    for (wire, expected) in cases {
-        let mut raw = RawConn::connect(&server).await;
-        raw.send_bytes(&wire).await;
-        let (code, message) = go_away_code(&raw.until_closed().await).expect("go-away");
-        assert_eq!(code, ErrorCode::Protocol, "{expected}");
-        assert!(message.contains(expected), "{message}");
-    }
+    each_is_a_protocol_goaway(&server, cases.iter().map(|(w, e)| (&w[..], *e))).await;
     assert_still_serving(&server, &healthy).await;
 }
 

@@ -248,8 +248,7 @@ impl ClientConnection {
         waited: &AtomicBool,
     ) -> Result<ResponseStream, StartError> {
         let Ok(permit) = budget_share(len, &self.budget).await else {
-            let reason = "the connection closed before the request was sent";
-            return Err(StartError::Failed(self.lost(reason)));
+            return Err(StartError::Failed(self.unsent()));
         };
         let slot = Arc::new(StreamSlot::new(deadline));
         // Behind the send gate, which a GOAWAY closes: a request queued here goes out
@@ -272,8 +271,7 @@ impl ClientConnection {
                 (!closed).then(|| streams.open(Arc::clone(&slot)))
             });
             let Some((stream_id, alone, early)) = opened else {
-                let reason = "the connection closed before the request was sent";
-                return Err(StartError::Failed(self.lost(reason)));
+                return Err(StartError::Failed(self.unsent()));
             };
             // The reader's timer must not fire later than this stream's deadline (give or
             // take the timer's own millisecond).
@@ -309,16 +307,16 @@ impl ClientConnection {
         if !queued {
             stream.tx = None;
             self.shared.remove_stream(stream_id);
-            let reason = "the connection closed before the request was sent";
-            return Err(StartError::Failed(self.lost(reason)));
+            return Err(StartError::Failed(self.unsent()));
         }
         Ok(stream)
     }
 
-    fn lost(&self, reason: &str) -> RequestError {
+    /// The error of a request that never left: the connection closed first.
+    fn unsent(&self) -> RequestError {
         RequestError::ConnectionLost {
             address: self.shared.address.clone(),
-            reason: reason.to_owned(),
+            reason: "the connection closed before the request was sent".to_owned(),
         }
     }
 }
