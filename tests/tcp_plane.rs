@@ -119,14 +119,7 @@ async fn oversize_request_is_refused_before_sending() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_response_is_an_error_not_a_dead_connection() {
-    let server = server_with(ServerConfig {
-        tcp: TcpConfig {
-            max_message_size: 4096,
-            ..tcp_config()
-        },
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = echo_server_with_max_message(4096).await;
     server
         .register(
             &path("big"),

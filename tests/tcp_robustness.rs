@@ -739,14 +739,7 @@ async fn a_failing_handler_gets_error_handler_with_its_message_and_the_connectio
 /// never saw a byte of the item, stays up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_response_item_gets_frame_too_large_and_the_connection_stays() {
-    let server = server_with(ServerConfig {
-        tcp: TcpConfig {
-            max_message_size: 4096,
-            ..tcp_config()
-        },
-        ..ServerConfig::default()
-    })
-    .await;
+    let server = echo_server_with_max_message(4096).await;
     // One item too large, then it would go on forever: only the server can end it.
     let (handler, mut tokens) = reporting(|| endless(8192));
     server.register(&path("huge"), handler).await.unwrap();

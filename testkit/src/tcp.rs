@@ -18,6 +18,18 @@ pub fn path(endpoint: &str) -> EndpointPath {
     EndpointPath::new("test", "worker", endpoint, 1).unwrap()
 }
 
+/// [`echo_server`] with `DYN_TCP_MAX_MESSAGE_SIZE` set to `max`.
+pub async fn echo_server_with_max_message(max: usize) -> TcpServer {
+    server_with(ServerConfig {
+        tcp: TcpConfig {
+            max_message_size: max,
+            ..tcp_config()
+        },
+        ..ServerConfig::default()
+    })
+    .await
+}
+
 pub async fn server_with(config: ServerConfig) -> TcpServer {
     let server = TcpServer::bind(config).await.expect("bind on 127.0.0.1");
     server
