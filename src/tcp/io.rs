@@ -60,14 +60,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// stays in the buffer.
     pub(crate) async fn next_frame(&mut self) -> Result<Option<Frame>, CodecError> {
         loop {
-            let decoded = self.decoder.decode_frame(&mut self.buf);
-            let spare_deadline = self.spare_deadline();
-            self.note_held();
-            let decoded = decoded?;
-            self.track_partial(decoded.is_some());
-            if let Some(frame) = decoded {
+            if let Some(frame) = self.buffered_frame()? {
                 return Ok(Some(frame));
             }
+            // Only while waiting: a spare given back here is reported at once.
+            let spare_deadline = self.spare_deadline();
+            self.note_held();
             self.decoder.reserve_for_read(&mut self.buf, MIN_READ_SPACE);
             let read = self.io.read_buf(&mut self.buf);
             let read = match spare_deadline {
