@@ -144,6 +144,10 @@ struct Connection {
     /// When an idle connection's first GOAWAY (no new requests, those on their way are
     /// served) and its PING went out.
     idle_since: Option<Instant>,
+    /// When the idle clock last fired and found a stream open. An open stream is
+    /// activity however silent, so the clock looks again one idle timeout later; left at
+    /// its old deadline it would fire again at once, and spin, until the stream ended.
+    busy_at: Instant,
     /// The client sent GOAWAY: it promised no new requests.
     peer_going_away: bool,
     /// The client shut its write side: no more requests, but every open stream still
@@ -177,6 +181,7 @@ pub(super) async fn serve_connection(
         peer,
         draining: false,
         idle_since: None,
+        busy_at: Instant::now(),
         peer_going_away: false,
         read_closed: false,
         endpoint_cache: EndpointCache::default(),
@@ -292,10 +297,14 @@ impl Connection {
             // Paused reading is our doing, not the peer's: the frame clock waits.
             Some(since) if queued < OUTPUT_BUDGET => Some((Clock::Frame, since + tcp.frame)),
             Some(_) => None,
-            // Whether streams are open is left to `on_timer`: this runs per frame, and
-            // an idle timer that fires on a busy connection is only re-armed.
+            // Whether streams are open is left to `on_timer`: this runs per frame. An
+            // idle timer that fires on a busy connection is only re-armed: traffic has
+            // moved `active` on, or an open stream `busy_at`.
             None if queued == 0 && self.idle_since.is_none() => {
-                let active = reader.last_read().max(self.writer.last_progress());
+                let active = reader
+                    .last_read()
+                    .max(self.writer.last_progress())
+                    .max(self.busy_at);
                 Some((Clock::Idle, active + tcp.idle))
             }
             None => None,
@@ -336,6 +345,8 @@ impl Connection {
             Clock::Idle => {
                 if self.streams.is_empty() {
                     self.announce_idle_close(now);
+                } else {
+                    self.busy_at = now;
                 }
                 None
             }

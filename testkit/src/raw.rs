@@ -33,16 +33,21 @@ impl RawConn {
         self.stream.write_all(bytes).await.unwrap();
     }
 
-    /// The next frame, or `None` once the server closed the connection.
+    /// The next frame, or `None` once the server closed the connection (or reset it).
     pub async fn next_frame(&mut self) -> Option<Frame> {
+        self.try_next_frame().await.unwrap_or(None)
+    }
+
+    /// The next frame, `Ok(None)` at the server's end-of-stream, or the error a read
+    /// returned instead (a reset, say).
+    pub async fn try_next_frame(&mut self) -> std::io::Result<Option<Frame>> {
         within("reading a frame", async {
             loop {
                 if let Some(frame) = self.decoder.decode_frame(&mut self.buf).unwrap() {
-                    return Some(frame);
+                    return Ok(Some(frame));
                 }
-                match self.stream.read_buf(&mut self.buf).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
+                if self.stream.read_buf(&mut self.buf).await? == 0 {
+                    return Ok(None);
                 }
             }
         })
@@ -55,6 +60,25 @@ impl RawConn {
         while let Some(frame) = self.next_frame().await {
             frames.push(frame);
         }
+        frames
+    }
+
+    /// Reads until the server's end-of-stream and returns the frames seen on the way;
+    /// panics if a read fails instead (a reset), or the close cuts a frame.
+    pub async fn until_clean_close(&mut self) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        loop {
+            match self.try_next_frame().await {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(err) => panic!(
+                    "reading failed after {} frames: {err} ({:?})",
+                    frames.len(),
+                    err.kind()
+                ),
+            }
+        }
+        assert_eq!(self.leftover(), 0, "the close cut a frame");
         frames
     }
 
