@@ -1089,6 +1089,40 @@ async fn the_client_closes_once_it_sees_the_servers_end_of_stream() {
     assert_eq!(client.connection_count(&addr), 0);
 }
 
+/// A client that is dropped closes its sockets whole: its reader stops with its writer,
+/// though the server goes on writing frames the reader would otherwise keep reading (a
+/// PONG every few milliseconds), and the server's writes end in a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_closes_its_socket_though_the_server_keeps_writing() {
+    let (addr, fake_server) = script(|listener| async move {
+        use tokio::io::AsyncWriteExt;
+        let mut conn = ScriptedConn::accept(&listener).await;
+        let request = conn.request().await;
+        conn.write(&wire(vec![Frame::End {
+            stream_id: request.stream_id,
+            payload: Bytes::from_static(b"answer"),
+        }]))
+        .await;
+        let pong = wire(vec![Frame::Pong { opaque: 7 }]);
+        // Until a write meets the client's closed socket.
+        while conn.socket.write_all(&pong).await.is_ok() {
+            // The server's pace, not a wait for the client.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let client = TcpClient::new(tcp_config()).unwrap();
+    let answer = client
+        .unary(&addr, Request::new(&path("echo"), "hello"))
+        .await
+        .unwrap();
+    assert_eq!(answer, "answer");
+    drop(client);
+    within("the client's socket to close", fake_server)
+        .await
+        .unwrap();
+}
+
 /// The server remembers each connection's last endpoint; registering and unregistering
 /// still take effect at once for requests on a connection already open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

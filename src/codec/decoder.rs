@@ -212,14 +212,17 @@ impl FrameDecoder {
         // and every frame over `MEDIUM_BUFFER` would land in fresh memory.
         let size = (frame_len + MEDIUM_TAIL).max(MEDIUM_BUFFER);
         // `try_reclaim` succeeds only once nothing split off the buffer is alive and its
-        // allocation holds `size` bytes.
+        // allocation holds `size` bytes. The most recently retired free buffer first:
+        // its memory is the likeliest still in cache, and a steady flow then cycles
+        // through as few buffers as it can instead of all of them in turn.
         let reusable = self
             .retired
             .iter_mut()
-            .position(|(buffer, _)| buffer.try_reclaim(size));
+            .rposition(|(buffer, _)| buffer.try_reclaim(size));
         let mut next = match reusable {
             Some(at) => {
-                let (buffer, size) = self.retired.swap_remove(at);
+                // `remove`, not `swap_remove`: the list stays in retirement order.
+                let (buffer, size) = self.retired.remove(at);
                 self.retired_bytes -= size;
                 buffer
             }

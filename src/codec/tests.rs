@@ -889,6 +889,35 @@ fn medium_frames_reuse_a_retired_buffer_once_its_frames_are_dropped() {
     assert_eq!((dec.spare(), dec.spare_capacity()), (None, 0));
 }
 
+#[test]
+fn the_most_recently_retired_free_buffer_is_reused_first() {
+    const FRAME: usize = 200 * 1024;
+    let mut dec = decoder().with_spare();
+    let mut buf = dec.new_buffer();
+    let wire = |i: u64| {
+        encode(&Frame::Data {
+            stream_id: i,
+            payload: Bytes::from(vec![i as u8; FRAME]),
+        })
+    };
+    // Four frames kept alive at once: each lands in a buffer of its own, and the first
+    // three buffers are retired, in that order, as the next frame moves on.
+    let kept: Vec<Frame> = (1..=4)
+        .flat_map(|i| read_like_a_socket(&mut dec, &mut buf, &wire(i)))
+        .collect();
+    let starts: Vec<usize> = kept.iter().map(|f| f.payload().as_ptr() as usize).collect();
+    let distinct: std::collections::HashSet<_> = starts.iter().collect();
+    assert_eq!(distinct.len(), 4, "one buffer per frame kept alive");
+    drop(kept);
+    // All three are free now; the fifth frame takes the one retired last, the third
+    // frame's, whose memory is the likeliest still in cache.
+    let [fifth] = read_like_a_socket(&mut dec, &mut buf, &wire(5))
+        .try_into()
+        .unwrap_or_else(|frames: Vec<Frame>| panic!("one frame, got {}", frames.len()));
+    assert!(fifth.payload().iter().all(|&b| b == 5));
+    assert_eq!(fifth.payload().as_ptr() as usize, starts[2]);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
