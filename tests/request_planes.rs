@@ -1,7 +1,7 @@
 //! The request-plane suite (`common/request_suite.rs`) on every plane this build has:
 //! TCP always, with no cargo feature; NATS with `nats`, against a real nats-server
 //! started for the test; HTTP/2 with `http`. Each plane's own behaviour is in `tcp_plane.rs`,
-//! `tcp_robustness.rs` and `nats_plane.rs`.
+//! `tcp_robustness.rs`, `tcp_closing.rs`, `nats_plane.rs` and `http_plane.rs`.
 
 mod common;
 
