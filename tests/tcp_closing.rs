@@ -125,21 +125,13 @@ async fn a_pong_overtakes_the_data_queued_before_its_ping() {
     let mut raw = RawConn::connect(&server).await;
     let request = request_frame(1, &path("endless"), b"");
     send_together(&mut raw, &[request, Frame::Ping { opaque: 7 }]).await;
-    let mut spent = data_cost(&until_pong(&mut raw, 7).await, 1);
+    let spent = data_cost(&until_pong(&mut raw, 7).await, 1);
     assert!(
         spent <= WRITE_BATCH + planewire::codec::window_cost(ITEM),
         "{spent} bytes of DATA came before the PONG"
     );
     // The rest of the window was queued, and comes after the PONG.
-    while spent < planewire::codec::INITIAL_STREAM_WINDOW as usize {
-        match raw.next_frame().await {
-            Some(Frame::Data {
-                stream_id: 1,
-                payload,
-            }) => spent += planewire::codec::window_cost(payload.len()),
-            other => panic!("expected DATA on stream 1, got {other:?}"),
-        }
-    }
+    rest_of_window(&mut raw, 1, spent).await;
 }
 
 /// §7.10 steps 3 and 4: a server closing on an error shuts its write side, then reads

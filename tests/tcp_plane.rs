@@ -754,10 +754,7 @@ async fn a_window_update_from_the_server_gets_goaway_protocol_and_the_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_frame_from_the_server_gets_goaway_protocol_and_the_close() {
     let version_1 = |requests: &[RequestFrame]| {
-        let mut bytes = wire(vec![Frame::End {
-            stream_id: requests[0].stream_id,
-            payload: Bytes::from_static(b"answer"),
-        }]);
+        let mut bytes = answer(requests[0].stream_id);
         assert_eq!(bytes[1], 2, "byte 1 is the version");
         bytes[1] = 1;
         bytes
@@ -1066,24 +1063,33 @@ async fn an_oversize_request_leaves_no_byte_on_an_open_connection() {
     assert!(after.is_empty(), "the client sent {after:?}");
 }
 
+/// The END of `stream_id` carrying "answer", as one server write.
+fn answer(stream_id: u64) -> Vec<u8> {
+    wire(vec![Frame::End {
+        stream_id,
+        payload: Bytes::from_static(b"answer"),
+    }])
+}
+
+/// A client whose one call to `addr` got "answer" back.
+async fn answered_client(addr: &str) -> TcpClient {
+    let client = TcpClient::new(tcp_config()).unwrap();
+    let reply = client
+        .unary(addr, Request::new(&path("echo"), "hello"))
+        .await
+        .unwrap();
+    assert_eq!(reply, "answer");
+    client
+}
+
 /// PROTOCOL.md §7.10, client side: once the server has answered and shut its write side,
 /// the client closes its socket, which ends the server's linger, though the client itself
 /// (and its pool) lives on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_closes_once_it_sees_the_servers_end_of_stream() {
-    let (addr, fake_server) = scripted_server(1, true, |requests| {
-        wire(vec![Frame::End {
-            stream_id: requests[0].stream_id,
-            payload: Bytes::from_static(b"answer"),
-        }])
-    })
-    .await;
-    let client = TcpClient::new(tcp_config()).unwrap();
-    let answer = client
-        .unary(&addr, Request::new(&path("echo"), "hello"))
-        .await
-        .unwrap();
-    assert_eq!(answer, "answer");
+    let (addr, fake_server) =
+        scripted_server(1, true, |requests| answer(requests[0].stream_id)).await;
+    let client = answered_client(&addr).await;
     let after = within("the client to close", fake_server).await.unwrap();
     assert!(after.is_empty(), "the client sent {after:?}");
     assert_eq!(client.connection_count(&addr), 0);
@@ -1098,11 +1104,7 @@ async fn a_dropped_client_closes_its_socket_though_the_server_keeps_writing() {
         use tokio::io::AsyncWriteExt;
         let mut conn = ScriptedConn::accept(&listener).await;
         let request = conn.request().await;
-        conn.write(&wire(vec![Frame::End {
-            stream_id: request.stream_id,
-            payload: Bytes::from_static(b"answer"),
-        }]))
-        .await;
+        conn.write(&answer(request.stream_id)).await;
         let pong = wire(vec![Frame::Pong { opaque: 7 }]);
         // Until a write meets the client's closed socket.
         while conn.socket.write_all(&pong).await.is_ok() {
@@ -1111,13 +1113,7 @@ async fn a_dropped_client_closes_its_socket_though_the_server_keeps_writing() {
         }
     })
     .await;
-    let client = TcpClient::new(tcp_config()).unwrap();
-    let answer = client
-        .unary(&addr, Request::new(&path("echo"), "hello"))
-        .await
-        .unwrap();
-    assert_eq!(answer, "answer");
-    drop(client);
+    drop(answered_client(&addr).await);
     within("the client's socket to close", fake_server)
         .await
         .unwrap();

@@ -461,16 +461,7 @@ async fn cancel_fires_the_handlers_token_and_silences_the_stream() {
     let token = first_token(&mut tokens).await;
     // Once DATA has cost the whole window the server's credit is spent: it has sent all
     // it may, and all of that has been read here.
-    let mut spent = 0;
-    while spent < planewire::codec::INITIAL_STREAM_WINDOW as usize {
-        match raw.next_frame().await {
-            Some(Frame::Data {
-                stream_id: 1,
-                payload,
-            }) => spent += planewire::codec::window_cost(payload.len()),
-            other => panic!("expected DATA on stream 1, got {other:?}"),
-        }
-    }
+    rest_of_window(&mut raw, 1, 0).await;
     raw.send(&Frame::Cancel { stream_id: 1 }).await;
     raw.grant(1, 64 << 20).await;
     within("the handler's token to fire", token.cancelled()).await;

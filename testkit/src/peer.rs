@@ -54,6 +54,22 @@ pub fn data_cost(frames: &[Frame], stream_id: u64) -> usize {
         .sum()
 }
 
+/// Reads DATA of `stream_id` until, with the `spent` already seen, it has cost the whole
+/// initial window (§7.8): what a server with no grant may send. Panics on any other frame.
+pub async fn rest_of_window(raw: &mut RawConn, stream_id: u64, mut spent: usize) {
+    while spent < planewire::codec::INITIAL_STREAM_WINDOW as usize {
+        match raw.next_frame().await {
+            Some(Frame::Data {
+                stream_id: id,
+                payload,
+            }) if id == stream_id => {
+                spent += planewire::codec::window_cost(payload.len());
+            }
+            other => panic!("expected DATA on stream {stream_id}, got {other:?}"),
+        }
+    }
+}
+
 /// Reads until the terminal frame (END or ERROR) of `stream_id` and returns every frame
 /// read on the way, that one last; fails on a GOAWAY or a close.
 pub async fn until_terminal(raw: &mut RawConn, stream_id: u64) -> Vec<Frame> {
