@@ -918,6 +918,46 @@ fn the_most_recently_retired_free_buffer_is_reused_first() {
     assert_eq!(fifth.payload().as_ptr() as usize, starts[2]);
 }
 
+#[test]
+fn six_1_mib_responses_held_by_their_callers_leave_buffers_enough_to_reuse() {
+    const FRAME: usize = 1024 * 1024;
+    const HELD: usize = 6;
+    let mut dec = decoder().with_spare();
+    let mut buf = dec.new_buffer();
+    let wire = |i: u64| {
+        encode(&Frame::Data {
+            stream_id: i,
+            payload: Bytes::from(vec![i as u8; FRAME]),
+        })
+    };
+    // At 1 MiB × 64 in flight a client's callers hold several responses at once: each
+    // lands in a buffer of its own, and the buffers left behind are retired for reuse.
+    let held: Vec<Frame> = (1..=HELD as u64 + 1)
+        .flat_map(|i| read_like_a_socket(&mut dec, &mut buf, &wire(i)))
+        .collect();
+    let first_round: std::collections::HashSet<usize> =
+        held.iter().map(|f| f.payload().as_ptr() as usize).collect();
+    assert_eq!(first_round.len(), HELD + 1, "one buffer per frame held");
+    assert!(
+        dec.spare_capacity() >= HELD * FRAME,
+        "{} bytes retired for {HELD} buffers of 1 MiB",
+        dec.spare_capacity()
+    );
+    drop(held);
+    // Once the callers drop them, the next responses land in those buffers, not in
+    // fresh memory the kernel must fault in.
+    for i in 10..10 + HELD as u64 {
+        let [frame] = read_like_a_socket(&mut dec, &mut buf, &wire(i))
+            .try_into()
+            .unwrap_or_else(|frames: Vec<Frame>| panic!("one frame, got {}", frames.len()));
+        assert!(frame.payload().iter().all(|&b| b == i as u8));
+        assert!(
+            first_round.contains(&(frame.payload().as_ptr() as usize)),
+            "frame {i} landed in fresh memory"
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
