@@ -423,6 +423,85 @@ async fn garbage_on_the_subject_is_skipped() {
     assert_eq!(sub.stats().malformed, 3);
 }
 
+/// An envelope built by hand as §10.1 draws it (`struct.pack('<BBHIQQQ', …)` + topic),
+/// so a test can set every field, right or wrong; `payload` follows the topic.
+fn envelope(
+    version: u8,
+    reserved: u32,
+    publisher_id: u64,
+    sequence: u64,
+    payload: &str,
+) -> Vec<u8> {
+    let topic = b"t";
+    let mut bytes = vec![0xE7, version];
+    bytes.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(&reserved.to_le_bytes());
+    for field in [publisher_id, sequence, 1_700_000_000_000_000_000] {
+        bytes.extend_from_slice(&field.to_le_bytes());
+    }
+    bytes.extend_from_slice(topic);
+    bytes.extend_from_slice(payload.as_bytes());
+    bytes
+}
+
+/// §10.1 from a hand-made publisher on a plain NATS connection: a reserved field that is
+/// not 0 is ignored, another version is refused (skipped and counted, the subscription
+/// goes on), a lower or repeated sequence is a discarded duplicate, a higher one a gap of
+/// that many, and a jump as large as a u64 allows is counted without overflow.
+#[tokio::test]
+async fn hand_made_envelopes_are_read_as_the_envelope_section_says() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (publishers, subscribers) = two_planes(&server, false).await;
+    let scope = suite::scope("envelope");
+    let publisher = publishers.publisher(scope.clone()).await.unwrap();
+    let mut sub = subscribers
+        .subscriber(scope.clone())
+        .subscribe("t")
+        .await
+        .unwrap();
+    suite::settle(&publisher, "t", &mut [&mut sub]).await;
+    let before = sub.stats();
+    let subject = scope.subject("t");
+    // Each raw publish is processed by the server before the next: they arrive in order.
+    for message in [
+        envelope(1, 0xdead_beef, 7, 0, "reserved set"),
+        envelope(2, 0, 7, 1, "version 2"),
+        envelope(1, 0, 7, 1, "one"),
+        envelope(1, 0, 7, 1, "repeated"),
+        envelope(1, 0, 7, 0, "older"),
+        envelope(1, 0, 7, 4, "four"),
+        envelope(1, 0, 8, 0, "other publisher"),
+        envelope(1, 0, 8, u64::MAX, "the last"),
+    ] {
+        server.publish_raw(&subject, &message);
+    }
+    let payloads = within("the hand-made events", async {
+        let mut payloads = Vec::new();
+        while payloads.last().map(String::as_str) != Some("the last") {
+            let event = sub.next().await.expect("the subscription ended");
+            if event.payload != "probe" {
+                payloads.push(String::from_utf8(event.payload.to_vec()).unwrap());
+            }
+        }
+        payloads
+    })
+    .await;
+    let expected = ["reserved set", "one", "four", "other publisher", "the last"];
+    assert_eq!(payloads, expected);
+    let stats = sub.stats();
+    assert_eq!(
+        stats.malformed - before.malformed,
+        1,
+        "version 2: {stats:?}"
+    );
+    assert_eq!(stats.duplicates - before.duplicates, 2, "{stats:?}");
+    // 2 missing before "four", then a jump of u64::MAX - 1: the count saturates (it
+    // would wrap to 0, or panic in a debug build).
+    assert_eq!(stats.gaps, u64::MAX, "{stats:?}");
+}
+
 #[tokio::test]
 async fn user_and_password_authenticate() {
     let Some(server) = NatsServer::start_with(NatsOptions {
