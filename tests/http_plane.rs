@@ -302,3 +302,113 @@ async fn garbage_instead_of_the_preface_closes_that_connection_and_serves_the_re
     }
     server.shutdown().await;
 }
+
+/// A request body that sends `chunks` and then neither ends nor sends more: an upload
+/// that never finishes, as a hostile or stuck client makes one.
+type HeldOpenBody = http_body_util::StreamBody<
+    futures::stream::BoxStream<'static, Result<http_body::Frame<Bytes>, std::convert::Infallible>>,
+>;
+
+fn held_open(chunks: impl Iterator<Item = Bytes> + Send + 'static) -> HeldOpenBody {
+    let frames = stream::iter(chunks).map(|chunk| Ok(http_body::Frame::data(chunk)));
+    http_body_util::StreamBody::new(frames.chain(stream::pending()).boxed())
+}
+
+/// A bare client whose request bodies are held open, and the refusal it gets for `body`
+/// sent to `url` with `headers`: status, then the body's one record.
+async fn held_open_refusal(
+    url: String,
+    headers: &[(&str, &str)],
+    body: HeldOpenBody,
+) -> (u16, String) {
+    let client: Client<HttpConnector, HeldOpenBody> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let mut request = http::Request::builder().method("POST").uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(body).unwrap();
+    let response = within("the refusal", client.request(request))
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = within("its body", response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// §12, 413: a body without `content-length` that goes on past `DYN_HTTP_MAX_MESSAGE_SIZE`
+/// and never ends is refused as soon as it passes the limit, not buffered until it ends;
+/// the endpoint's one request slot is free again for the next caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_upload_is_refused_once_past_the_limit_and_frees_its_slot() {
+    let server = HttpServer::bind(
+        HttpConfig {
+            max_message_size: 64 * 1024,
+            ..config()
+        },
+        ServerLimits {
+            max_concurrent_requests: 1,
+            ..ServerLimits::default()
+        },
+    )
+    .await
+    .unwrap();
+    let echo = path("echo");
+    server
+        .register(
+            &echo,
+            unary_handler(|req: Request| async move { Ok(req.payload) }),
+        )
+        .await
+        .unwrap();
+    let url = format!("http://{}/test/worker/echo", server.address(&echo));
+    let endless = std::iter::repeat(Bytes::from(vec![b'x'; 16 * 1024]));
+    let (status, text) = held_open_refusal(url.clone(), &[], held_open(endless)).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.starts_with("error 2 FrameTooLarge "), "{text}");
+    assert!(
+        text.contains("more than 65536 bytes exceeds DYN_HTTP_MAX_MESSAGE_SIZE=65536"),
+        "{text}"
+    );
+    let (status, text) = bare("POST", url, "next").await;
+    assert_eq!((status, text.as_str()), (200, "item 4\nnext\nend\n"));
+    server.shutdown().await;
+}
+
+/// §12, 408: a client that sends part of its body and stops is refused once its own
+/// `pw-timeout-ms` has passed, naming the cause, rather than holding the request open;
+/// the endpoint's one request slot is free again for the next caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_is_refused_at_its_deadline_and_frees_its_slot() {
+    let server = HttpServer::bind(
+        config(),
+        ServerLimits {
+            max_concurrent_requests: 1,
+            ..ServerLimits::default()
+        },
+    )
+    .await
+    .unwrap();
+    let echo = path("echo");
+    server
+        .register(
+            &echo,
+            unary_handler(|req: Request| async move { Ok(req.payload) }),
+        )
+        .await
+        .unwrap();
+    let url = format!("http://{}/test/worker/echo", server.address(&echo));
+    let part = std::iter::once(Bytes::from_static(b"the first half"));
+    let headers = [("pw-timeout-ms", "300")];
+    let (status, text) = held_open_refusal(url.clone(), &headers, held_open(part)).await;
+    assert_eq!(status, 408, "{text}");
+    assert!(text.starts_with("error 7 DeadlineExceeded "), "{text}");
+    assert!(text.contains("did not arrive in time"), "{text}");
+    let (status, text) = bare("POST", url, "next").await;
+    assert_eq!((status, text.as_str()), (200, "item 4\nnext\nend\n"));
+    server.shutdown().await;
+}
