@@ -412,3 +412,99 @@ async fn a_body_that_stops_arriving_is_refused_at_its_deadline_and_frees_its_slo
     assert_eq!((status, text.as_str()), (200, "item 4\nnext\nend\n"));
     server.shutdown().await;
 }
+
+/// A hand-written HTTP/2 server that answers a request for `/v1/rpc/test/worker/{name}/1`
+/// with the status and body `answer(name)` gives, whatever they are; its address.
+async fn scripted_http_server(answer: fn(&str) -> (u16, &'static str)) -> String {
+    use hyper::server::conn::http2;
+    use hyper_util::rt::TokioIo;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(move |req: http::Request<_>| async move {
+                let name = req.uri().path().split('/').nth(5).unwrap_or_default();
+                let (status, body) = answer(name);
+                let mut response =
+                    http::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                Ok::<_, std::convert::Infallible>(response)
+            });
+            let connection = http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(socket), service);
+            tokio::spawn(connection);
+        }
+    });
+    address
+}
+
+/// §12, client side: a body that is not records (a proxy's error page), one cut inside
+/// a record and one that ends without its `end` record each fail their own stream with
+/// an error naming the status and the cause, after the items that were whole, never a
+/// silent end; the client's requests before and after are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_response_bodies_fail_their_own_stream_naming_status_and_cause() {
+    let address = scripted_http_server(|name| match name {
+        "proxy" => (502, "<html><body>502 Bad Gateway</body></html>\n"),
+        "cut" => (200, "item 5\nhello\nitem 5\nwor"),
+        "unended" => (200, "item 5\nhello\n"),
+        _ => (200, "item 2\nok\nend\n"),
+    })
+    .await;
+    let client = HttpClient::new(config()).unwrap();
+    let items_then_error = |endpoint: &'static str| {
+        let (client, address) = (&client, &address);
+        async move {
+            let mut responses = client
+                .request(address, Request::new(&path(endpoint), ""))
+                .await
+                .unwrap();
+            let mut items = Vec::new();
+            loop {
+                match within("the stream's end", responses.next()).await {
+                    Some(Ok(item)) => items.push(item),
+                    Some(Err(err)) => return (items, err),
+                    None => panic!("{endpoint}: a silent end after {items:?}"),
+                }
+            }
+        }
+    };
+    assert_eq!(
+        client
+            .unary(&address, Request::new(&path("ok"), ""))
+            .await
+            .unwrap(),
+        "ok"
+    );
+    let cases = [
+        ("proxy", 0, "502 Bad Gateway", "unknown record \"<html>"),
+        ("cut", 1, "200 OK", "a body cut inside a record"),
+        (
+            "unended",
+            1,
+            "200 OK",
+            "a body that ended without its end record",
+        ),
+    ];
+    for (endpoint, whole, status, cause) in cases {
+        let (items, err) = items_then_error(endpoint).await;
+        assert_eq!(items.len(), whole, "{endpoint}: {items:?}");
+        assert!(items.iter().all(|item| item == "hello"), "{items:?}");
+        assert_eq!(err.code(), Some(ErrorCode::Protocol), "{endpoint}: {err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("HTTP status {status} with")),
+            "{text}"
+        );
+        assert!(text.contains(cause), "{endpoint}: {text}");
+        assert!(text.contains(&address), "{endpoint}: {text}");
+    }
+    assert_eq!(
+        client
+            .unary(&address, Request::new(&path("ok"), ""))
+            .await
+            .unwrap(),
+        "ok"
+    );
+}
