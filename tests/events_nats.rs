@@ -502,6 +502,60 @@ async fn hand_made_envelopes_are_read_as_the_envelope_section_says() {
     assert_eq!(stats.gaps, u64::MAX, "{stats:?}");
 }
 
+/// §10.4 and §10.1 as a consumer in another language sees them: on a plain NATS
+/// connection, each event is one message on its subject, without NATS headers, whose
+/// body is the envelope exactly as drawn (header, topic, payload), numbered from 0.
+#[tokio::test]
+async fn a_plain_nats_subscriber_reads_the_documented_envelope() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let plain = async_nats::connect(server.url()).await.unwrap();
+    let scope = suite::scope("plain");
+    let subject = scope.subject("kv-events");
+    assert_eq!(subject, "pw.ev.plain.router.~.kv-events");
+    let mut messages = plain.subscribe(subject.clone()).await.unwrap();
+    // The server has the subscription before anything is published.
+    plain.flush().await.unwrap();
+    let (publishers, _) = two_planes(&server, false).await;
+    let publisher = publishers.publisher(scope).await.unwrap();
+    let nanos = || {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        since.unwrap().as_nanos() as u64
+    };
+    let before = nanos();
+    for payload in ["hello", "again"] {
+        publisher
+            .publish("kv-events", Bytes::from(payload))
+            .await
+            .unwrap();
+    }
+    let after = nanos();
+    for (sequence, payload) in [(0u64, "hello"), (1, "again")] {
+        let message = within("the event as a NATS message", messages.next())
+            .await
+            .unwrap();
+        assert_eq!(message.subject.as_str(), subject);
+        assert!(message.headers.is_none(), "{:?}", message.headers);
+        let body = &message.payload;
+        let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().unwrap());
+        assert_eq!(
+            &body[..8],
+            &[0xE7, 1, 9, 0, 0, 0, 0, 0],
+            "magic, version 1, topic_len 9, reserved 0"
+        );
+        assert_eq!(u64_at(8), publisher.id());
+        assert_eq!(u64_at(16), sequence);
+        assert!(
+            (before..=after).contains(&u64_at(24)),
+            "published_at {}",
+            u64_at(24)
+        );
+        assert_eq!(&body[32..41], b"kv-events");
+        assert_eq!(&body[41..], payload.as_bytes());
+    }
+}
+
 #[tokio::test]
 async fn user_and_password_authenticate() {
     let Some(server) = NatsServer::start_with(NatsOptions {
