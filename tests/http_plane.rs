@@ -318,7 +318,7 @@ fn held_open(chunks: impl Iterator<Item = Bytes> + Send + 'static) -> HeldOpenBo
 /// sent to `url` with `headers`: status, then the body's one record.
 async fn held_open_refusal(
     url: String,
-    headers: &[(&str, &str)],
+    headers: &[(&str, http::HeaderValue)],
     body: HeldOpenBody,
 ) -> (u16, String) {
     let client: Client<HttpConnector, HeldOpenBody> = Client::builder(TokioExecutor::new())
@@ -326,7 +326,7 @@ async fn held_open_refusal(
         .build_http();
     let mut request = http::Request::builder().method("POST").uri(url);
     for (name, value) in headers {
-        request = request.header(*name, *value);
+        request = request.header(*name, value.clone());
     }
     let request = request.body(body).unwrap();
     let response = within("the refusal", client.request(request))
@@ -403,7 +403,7 @@ async fn a_body_that_stops_arriving_is_refused_at_its_deadline_and_frees_its_slo
         .unwrap();
     let url = format!("http://{}/test/worker/echo", server.address(&echo));
     let part = std::iter::once(Bytes::from_static(b"the first half"));
-    let headers = [("pw-timeout-ms", "300")];
+    let headers = [("pw-timeout-ms", http::HeaderValue::from_static("300"))];
     let (status, text) = held_open_refusal(url.clone(), &headers, held_open(part)).await;
     assert_eq!(status, 408, "{text}");
     assert!(text.starts_with("error 7 DeadlineExceeded "), "{text}");
@@ -507,4 +507,20 @@ async fn malformed_response_bodies_fail_their_own_stream_naming_status_and_cause
             .unwrap(),
         "ok"
     );
+}
+
+/// §12, 400: a header value that is not text (bytes over 0x7F, which HTTP/2 carries) is
+/// refused by name before the body is read, rather than dropped or mangled on its way
+/// to the handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_value_that_is_not_text_is_refused_by_name() {
+    let (server, echo) = echo_server(config()).await;
+    let url = format!("http://{}/test/worker/echo", server.address(&echo));
+    let latin1 = http::HeaderValue::from_bytes(b"caf\xe9").unwrap();
+    let body = held_open(std::iter::once(Bytes::from_static(b"never ends")));
+    let (status, text) = held_open_refusal(url, &[("x-menu", latin1)], body).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.starts_with("error 1 Protocol "), "{text}");
+    assert!(text.contains("header x-menu is not text"), "{text}");
+    server.shutdown().await;
 }
