@@ -524,3 +524,44 @@ async fn a_header_value_that_is_not_text_is_refused_by_name() {
     assert!(text.contains("header x-menu is not text"), "{text}");
     server.shutdown().await;
 }
+
+/// §12, `pw-timeout-ms` as REQUEST `aux` (§7.3), from a bare client: a handler that never
+/// answers has its stream ended by the server with an `error 7 DeadlineExceeded` record
+/// once the deadline passes, and its cancellation token fired; nothing hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_ends_a_stream_at_the_deadline_a_bare_client_sent() {
+    use planewire_testkit::peer::{first_token, never, reporting};
+
+    let server = HttpServer::bind(config(), ServerLimits::default())
+        .await
+        .unwrap();
+    let silent = path("silent");
+    let (handler, mut tokens) = reporting(never);
+    server.register(&silent, handler).await.unwrap();
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/test/worker/silent",
+            server.address(&silent)
+        ))
+        .header("pw-timeout-ms", "200")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = within("the response head", client.request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = within("the body's end", response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.starts_with("error 7 DeadlineExceeded "), "{text}");
+    assert!(text.contains("deadline passed"), "{text}");
+    let token = first_token(&mut tokens).await;
+    within("the handler's cancellation", token.cancelled()).await;
+    server.shutdown().await;
+}
