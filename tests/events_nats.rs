@@ -15,7 +15,7 @@ use planewire::nats::{NatsAuth, NatsConfig, NatsLink};
 use planewire::planes::discovery::{Discovery, MemoryStore};
 use planewire::planes::events::{
     ENVELOPE_HEADER_LEN, EventError, EventPlane, EventPlaneConfig, EventPlaneKind, EventPublisher,
-    Subscription,
+    EventScope, Subscription,
 };
 
 use nats::{NatsOptions, NatsServer};
@@ -382,14 +382,25 @@ async fn a_silent_server_times_out_within_the_connect_timeout() {
     );
 }
 
-/// A message that is not an event envelope is skipped; the subscription carries on.
-#[tokio::test]
-async fn garbage_on_the_subject_is_skipped() {
-    let Some(server) = NatsServer::start() else {
-        return;
-    };
+/// Two planes, a publisher and a subscription to topic `t` of scope `namespace` that
+/// has heard the publisher (`suite::settle`): nothing published next is lost to a
+/// subscription still being set up.
+struct Settled {
+    scope: EventScope,
+    publisher: EventPublisher,
+    sub: Subscription,
+    /// The sequence the publisher's next event gets.
+    first: u64,
+    _planes: (EventPlane, EventPlane),
+    /// Last, so that it stops after the planes' clients.
+    server: NatsServer,
+}
+
+/// `None` where NATS tests are skipped (see `NatsServer::start`).
+async fn settled(namespace: &str) -> Option<Settled> {
+    let server = NatsServer::start()?;
     let (publishers, subscribers) = two_planes(&server, false).await;
-    let scope = suite::scope("garbage");
+    let scope = suite::scope(namespace);
     let publisher = publishers.publisher(scope.clone()).await.unwrap();
     let mut sub = subscribers
         .subscriber(scope.clone())
@@ -397,6 +408,30 @@ async fn garbage_on_the_subject_is_skipped() {
         .await
         .unwrap();
     let first = suite::settle(&publisher, "t", &mut [&mut sub]).await;
+    Some(Settled {
+        scope,
+        publisher,
+        sub,
+        first,
+        _planes: (publishers, subscribers),
+        server,
+    })
+}
+
+/// A message that is not an event envelope is skipped; the subscription carries on.
+#[tokio::test]
+async fn garbage_on_the_subject_is_skipped() {
+    let Some(Settled {
+        scope,
+        publisher,
+        mut sub,
+        first,
+        _planes,
+        server,
+    }) = settled("garbage").await
+    else {
+        return;
+    };
     let received = sub.stats().received;
     let subject = scope.subject("t");
     server.publish_raw(&subject, b"not an envelope");
@@ -450,20 +485,12 @@ fn envelope(
 /// that many, and a jump as large as a u64 allows is counted without overflow.
 #[tokio::test]
 async fn hand_made_envelopes_are_read_as_the_envelope_section_says() {
-    let Some(server) = NatsServer::start() else {
+    let Some(mut settled) = settled("envelope").await else {
         return;
     };
-    let (publishers, subscribers) = two_planes(&server, false).await;
-    let scope = suite::scope("envelope");
-    let publisher = publishers.publisher(scope.clone()).await.unwrap();
-    let mut sub = subscribers
-        .subscriber(scope.clone())
-        .subscribe("t")
-        .await
-        .unwrap();
-    suite::settle(&publisher, "t", &mut [&mut sub]).await;
+    let sub = &mut settled.sub;
     let before = sub.stats();
-    let subject = scope.subject("t");
+    let subject = settled.scope.subject("t");
     // Each raw publish is processed by the server before the next: they arrive in order.
     for message in [
         envelope(1, 0xdead_beef, 7, 0, "reserved set"),
@@ -475,7 +502,7 @@ async fn hand_made_envelopes_are_read_as_the_envelope_section_says() {
         envelope(1, 0, 8, 0, "other publisher"),
         envelope(1, 0, 8, u64::MAX, "the last"),
     ] {
-        server.publish_raw(&subject, &message);
+        settled.server.publish_raw(&subject, &message);
     }
     let payloads = within("the hand-made events", async {
         let mut payloads = Vec::new();

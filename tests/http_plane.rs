@@ -31,9 +31,11 @@ fn config() -> HttpConfig {
 }
 
 async fn echo_server(config: HttpConfig) -> (HttpServer, EndpointPath) {
-    let server = HttpServer::bind(config, ServerLimits::default())
-        .await
-        .unwrap();
+    echo_server_with(config, ServerLimits::default()).await
+}
+
+async fn echo_server_with(config: HttpConfig, limits: ServerLimits) -> (HttpServer, EndpointPath) {
+    let server = HttpServer::bind(config, limits).await.unwrap();
     let echo = path("echo");
     server
         .register(
@@ -47,9 +49,6 @@ async fn echo_server(config: HttpConfig) -> (HttpServer, EndpointPath) {
 
 /// What `curl --http2-prior-knowledge -X METHOD --data BODY URL` gets: status and body.
 async fn bare(method: &str, url: String, body: &'static str) -> (u16, String) {
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
     let request = http::Request::builder()
         .method(method)
         .uri(url)
@@ -57,6 +56,19 @@ async fn bare(method: &str, url: String, body: &'static str) -> (u16, String) {
         .header("x-request-id", "r-7")
         .body(Full::new(Bytes::from_static(body.as_bytes())))
         .unwrap();
+    send_bare(request).await
+}
+
+/// `request` sent by a bare HTTP/2 client: the status and the whole body as text.
+async fn send_bare<B>(request: http::Request<B>) -> (u16, String)
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let client: Client<HttpConnector, B> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
     let response = within("a bare request", client.request(request))
         .await
         .unwrap();
@@ -314,30 +326,27 @@ fn held_open(chunks: impl Iterator<Item = Bytes> + Send + 'static) -> HeldOpenBo
     http_body_util::StreamBody::new(frames.chain(stream::pending()).boxed())
 }
 
-/// A bare client whose request bodies are held open, and the refusal it gets for `body`
-/// sent to `url` with `headers`: status, then the body's one record.
+/// The refusal a bare client gets for a held-open `body` sent to `url` with `headers`:
+/// status, then the body's one record.
 async fn held_open_refusal(
     url: String,
     headers: &[(&str, http::HeaderValue)],
     body: HeldOpenBody,
 ) -> (u16, String) {
-    let client: Client<HttpConnector, HeldOpenBody> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
     let mut request = http::Request::builder().method("POST").uri(url);
     for (name, value) in headers {
         request = request.header(*name, value.clone());
     }
-    let request = request.body(body).unwrap();
-    let response = within("the refusal", client.request(request))
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let body = within("its body", response.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
+    send_bare(request.body(body).unwrap()).await
+}
+
+/// An echo server whose endpoint serves one request at a time.
+async fn one_slot_echo_server(config: HttpConfig) -> (HttpServer, EndpointPath) {
+    let limits = ServerLimits {
+        max_concurrent_requests: 1,
+        ..ServerLimits::default()
+    };
+    echo_server_with(config, limits).await
 }
 
 /// §12, 413: a body without `content-length` that goes on past `DYN_HTTP_MAX_MESSAGE_SIZE`
@@ -345,26 +354,11 @@ async fn held_open_refusal(
 /// the endpoint's one request slot is free again for the next caller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_upload_is_refused_once_past_the_limit_and_frees_its_slot() {
-    let server = HttpServer::bind(
-        HttpConfig {
-            max_message_size: 64 * 1024,
-            ..config()
-        },
-        ServerLimits {
-            max_concurrent_requests: 1,
-            ..ServerLimits::default()
-        },
-    )
-    .await
-    .unwrap();
-    let echo = path("echo");
-    server
-        .register(
-            &echo,
-            unary_handler(|req: Request| async move { Ok(req.payload) }),
-        )
-        .await
-        .unwrap();
+    let (server, echo) = one_slot_echo_server(HttpConfig {
+        max_message_size: 64 * 1024,
+        ..config()
+    })
+    .await;
     let url = format!("http://{}/test/worker/echo", server.address(&echo));
     let endless = std::iter::repeat(Bytes::from(vec![b'x'; 16 * 1024]));
     let (status, text) = held_open_refusal(url.clone(), &[], held_open(endless)).await;
@@ -384,23 +378,7 @@ async fn an_endless_upload_is_refused_once_past_the_limit_and_frees_its_slot() {
 /// the endpoint's one request slot is free again for the next caller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_stops_arriving_is_refused_at_its_deadline_and_frees_its_slot() {
-    let server = HttpServer::bind(
-        config(),
-        ServerLimits {
-            max_concurrent_requests: 1,
-            ..ServerLimits::default()
-        },
-    )
-    .await
-    .unwrap();
-    let echo = path("echo");
-    server
-        .register(
-            &echo,
-            unary_handler(|req: Request| async move { Ok(req.payload) }),
-        )
-        .await
-        .unwrap();
+    let (server, echo) = one_slot_echo_server(config()).await;
     let url = format!("http://{}/test/worker/echo", server.address(&echo));
     let part = std::iter::once(Bytes::from_static(b"the first half"));
     let headers = [("pw-timeout-ms", http::HeaderValue::from_static("300"))];
@@ -470,13 +448,11 @@ async fn malformed_response_bodies_fail_their_own_stream_naming_status_and_cause
             }
         }
     };
-    assert_eq!(
-        client
-            .unary(&address, Request::new(&path("ok"), ""))
-            .await
-            .unwrap(),
-        "ok"
-    );
+    let served = || async {
+        let reply = client.unary(&address, Request::new(&path("ok"), "")).await;
+        assert_eq!(reply.unwrap(), "ok");
+    };
+    served().await;
     let cases = [
         ("proxy", 0, "502 Bad Gateway", "unknown record \"<html>"),
         ("cut", 1, "200 OK", "a body cut inside a record"),
@@ -500,13 +476,7 @@ async fn malformed_response_bodies_fail_their_own_stream_naming_status_and_cause
         assert!(text.contains(cause), "{endpoint}: {text}");
         assert!(text.contains(&address), "{endpoint}: {text}");
     }
-    assert_eq!(
-        client
-            .unary(&address, Request::new(&path("ok"), ""))
-            .await
-            .unwrap(),
-        "ok"
-    );
+    served().await;
 }
 
 /// §12, 400: a header value that is not text (bytes over 0x7F, which HTTP/2 carries) is
@@ -532,33 +502,19 @@ async fn a_header_value_that_is_not_text_is_refused_by_name() {
 async fn the_server_ends_a_stream_at_the_deadline_a_bare_client_sent() {
     use planewire_testkit::peer::{first_token, never, reporting};
 
-    let server = HttpServer::bind(config(), ServerLimits::default())
-        .await
-        .unwrap();
+    let (server, _echo) = echo_server(config()).await;
     let silent = path("silent");
     let (handler, mut tokens) = reporting(never);
     server.register(&silent, handler).await.unwrap();
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
+    let url = format!("http://{}/test/worker/silent", server.address(&silent));
     let request = http::Request::builder()
         .method("POST")
-        .uri(format!(
-            "http://{}/test/worker/silent",
-            server.address(&silent)
-        ))
+        .uri(url)
         .header("pw-timeout-ms", "200")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let response = within("the response head", client.request(request))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body = within("the body's end", response.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
-    let text = String::from_utf8_lossy(&body);
+    let (status, text) = send_bare(request).await;
+    assert_eq!(status, 200, "{text}");
     assert!(text.starts_with("error 7 DeadlineExceeded "), "{text}");
     assert!(text.contains("deadline passed"), "{text}");
     let token = first_token(&mut tokens).await;

@@ -418,6 +418,8 @@ fn zmtp_event(subject: &str, sequence: u64, payload: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_skips_oversize_messages_and_drops_a_publisher_that_breaks_zmtp() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The publisher's port first: its discovery record names it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let discovery = Discovery::new(Arc::new(MemoryStore::new()), Duration::from_secs(10));
     let plane = zmq_plane(&discovery).await;
     let scope = EventScope::new("test", "raw-publisher").unwrap();
@@ -426,7 +428,6 @@ async fn a_subscriber_skips_oversize_messages_and_drops_a_publisher_that_breaks_
         .subscribe("kv")
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let value = format!(
         r#"{{"address":"tcp://{}","publisher_id":"0000000000000007"}}"#,
         listener.local_addr().unwrap()
