@@ -382,6 +382,32 @@ async fn accept_subscriber(listener: &tokio::net::TcpListener) -> tokio::net::Tc
     }
 }
 
+/// Reads `conn` until the subscriber closes it (or resets it), failing with `what`.
+async fn closed_by_subscriber(mut conn: tokio::net::TcpStream, what: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut rest)).await;
+    closed.expect(what).ok();
+}
+
+/// Accepts the subscriber's next connection, sends it the event `sequence` (see
+/// [`zmtp_event`]) and checks `sub` gets it; returns the connection.
+async fn heard_again(
+    listener: &tokio::net::TcpListener,
+    sub: &mut Subscription,
+    subject: &str,
+    sequence: u64,
+    payload: &'static str,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut conn = accept_subscriber(listener).await;
+    conn.write_all(&zmtp_event(subject, sequence, payload.as_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(next_event(sub).await.payload, payload);
+    conn
+}
+
 /// The event `sequence` of publisher 7 on topic `kv` as one 3-frame ZMTP message
 /// (§10.3); frames over 255 bytes use the 8-byte size.
 fn zmtp_event(subject: &str, sequence: u64, payload: &[u8]) -> Vec<u8> {
@@ -413,11 +439,12 @@ fn zmtp_event(subject: &str, sequence: u64, payload: &[u8]) -> Vec<u8> {
 
 /// §10.3, subscriber side, against a hand-written publisher: a message over 64 MiB is
 /// read past and counted as malformed, and the next one read; a frame with reserved flag
-/// bits ends the connection; the subscriber then reconnects, as discovery still lists
-/// the publisher, and hears it again.
+/// bits ends the connection, and so does a peer announcing a socket type other than PUB
+/// or XPUB; each time the subscriber reconnects, as discovery still lists the
+/// publisher, and hears it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_skips_oversize_messages_and_drops_a_publisher_that_breaks_zmtp() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     // The publisher's port first: its discovery record names it.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let discovery = Discovery::new(Arc::new(MemoryStore::new()), Duration::from_secs(10));
@@ -459,14 +486,16 @@ async fn a_subscriber_skips_oversize_messages_and_drops_a_publisher_that_breaks_
 
     // Flag bit 0x80 is reserved.
     conn.write_all(&[0x80, 1, b'x']).await.unwrap();
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut rest)).await;
-    closed.expect("the subscriber closes the connection").ok();
-    let mut conn = accept_subscriber(&listener).await;
-    conn.write_all(&zmtp_event(&subject, 2, b"after the reconnect"))
-        .await
-        .unwrap();
-    assert_eq!(next_event(&mut sub).await.payload, "after the reconnect");
+    closed_by_subscriber(conn, "the subscriber closes the connection").await;
+    let conn = heard_again(&listener, &mut sub, &subject, 2, "reconnected").await;
+
+    // The publisher goes; what answers next at its address is a REQ socket.
+    drop(conn);
+    let accepted = tokio::time::timeout(PATIENCE, listener.accept()).await;
+    let (mut req, _) = accepted.expect("the subscriber reconnects").unwrap();
+    req.write_all(&zmtp_hello(b"REQ")).await.unwrap();
+    closed_by_subscriber(req, "the subscriber ends the handshake").await;
+    heard_again(&listener, &mut sub, &subject, 3, "after the REQ peer").await;
     let stats = sub.stats();
     assert_eq!((stats.gaps, stats.duplicates), (0, 0), "{stats:?}");
 }
