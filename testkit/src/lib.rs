@@ -1,7 +1,8 @@
 //! Helpers the integration tests of every package share: real `nats-server` and `etcd`
 //! processes on 127.0.0.1 with free ports ([`nats`], [`etcd`]), a proxy whose
 //! connections a test can cut ([`proxy`]), a TCP request-plane server and clients
-//! ([`tcp`]), a raw frame-speaking peer ([`raw`]) and what it checks ([`peer`]), and the event-plane suite every
+//! ([`tcp`]), a raw frame-speaking peer ([`raw`]) and what it checks ([`peer`]), a
+//! server a test scripts frame by frame ([`scripted`]), and the event-plane suite every
 //! transport runs ([`events_suite`]). Every process a helper starts is stopped by its
 //! PID when its guard drops.
 
@@ -11,6 +12,7 @@ pub mod nats;
 pub mod peer;
 pub mod proxy;
 pub mod raw;
+pub mod scripted;
 pub mod tcp;
 
 use std::time::Duration;

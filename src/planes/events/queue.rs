@@ -99,7 +99,9 @@ impl SubscriberQueue {
             None => {}
             Some(expected) if sequence == expected => {}
             Some(expected) if sequence > expected => {
-                stats.gaps += sequence - expected;
+                // Saturating: the sequence comes off the wire, and a peer's jump near
+                // u64::MAX must not wrap the count (or panic in a debug build).
+                stats.gaps = stats.gaps.saturating_add(sequence - expected);
                 tracing::warn!(
                     subscription = %self.label,
                     publisher = %format_args!("{publisher:016x}"),
