@@ -258,11 +258,7 @@ async fn a_ping_from_the_server_gets_its_pong_and_the_request_its_answer() {
     })
     .await;
     let client = TcpClient::new(tcp_config()).unwrap();
-    let answer = within(
-        "the answer",
-        client.unary(&addr, Request::new(&path("echo"), "hello")),
-    )
-    .await;
+    let answer = call_echo(&client, &addr, "the answer", "hello").await;
     assert_eq!(answer.unwrap(), "answer");
     // The PONG was queued before the answer reached the caller; closing sends it.
     drop(client);
@@ -308,17 +304,9 @@ async fn after_a_graceful_goaway_the_open_stream_is_answered_and_new_calls_go_el
     })
     .await;
     let client = TcpClient::new(tcp_config()).unwrap();
-    let answer = within(
-        "the open stream's answer",
-        client.unary(&addr, Request::new(&path("echo"), "open")),
-    )
-    .await;
+    let answer = call_echo(&client, &addr, "the open stream's answer", "open").await;
     assert_eq!(answer.unwrap(), "answered while draining");
-    let answer = within(
-        "the call after the GOAWAY",
-        client.unary(&addr, Request::new(&path("echo"), "after")),
-    )
-    .await;
+    let answer = call_echo(&client, &addr, "the call after the GOAWAY", "after").await;
     assert_eq!(answer.unwrap(), "after");
     drop(client);
     let (next, first_after, second_after) =
@@ -390,12 +378,9 @@ async fn a_stream_cut_off_by_a_draining_server_gets_its_cancelled_error() {
     })
     .await;
     let client = TcpClient::new(tcp_config()).unwrap();
-    let err = within(
-        "the stream's end",
-        client.unary(&addr, Request::new(&path("echo"), "hello")),
-    )
-    .await
-    .unwrap_err();
+    let err = call_echo(&client, &addr, "the stream's end", "hello")
+        .await
+        .unwrap_err();
     match &err {
         RequestError::Remote { code, message } => {
             assert_eq!(*code, ErrorCode::Cancelled, "{message}");
@@ -553,12 +538,24 @@ fn answer(stream_id: u64) -> Vec<u8> {
 /// A client whose one call to `addr` got "answer" back.
 async fn answered_client(addr: &str) -> TcpClient {
     let client = TcpClient::new(tcp_config()).unwrap();
-    let reply = client
-        .unary(addr, Request::new(&path("echo"), "hello"))
-        .await
-        .unwrap();
-    assert_eq!(reply, "answer");
+    let reply = call_echo(&client, addr, "the answer", "hello").await;
+    assert_eq!(reply.unwrap(), "answer");
     client
+}
+
+/// A unary call of `payload` to the scripted server's echo path, within the tests'
+/// patience (`what` names it if it takes longer).
+async fn call_echo(
+    client: &TcpClient,
+    addr: &str,
+    what: &str,
+    payload: &'static str,
+) -> Result<Bytes, RequestError> {
+    within(
+        what,
+        client.unary(addr, Request::new(&path("echo"), payload)),
+    )
+    .await
 }
 
 /// PROTOCOL.md §7.10, client side: once the server has answered and shut its write side,

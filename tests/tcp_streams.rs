@@ -85,11 +85,7 @@ async fn an_ungranted_stream_stops_at_its_window_while_others_flow_and_a_grant_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_fires_the_handlers_token_and_silences_the_stream() {
     let server = echo_server().await;
-    let (handler, mut tokens) = reporting(|| endless(1000));
-    server.register(&path("endless"), handler).await.unwrap();
-    let mut raw = RawConn::connect(&server).await;
-    raw.send(&request_frame(1, &path("endless"), b"")).await;
-    let token = first_token(&mut tokens).await;
+    let (mut raw, token) = raw_stream_to(&server, "endless", || endless(1000)).await;
     // Once DATA has cost the whole window the server's credit is spent: it has sent all
     // it may, and all of that has been read here.
     rest_of_window(&mut raw, 1, 0).await;
@@ -117,11 +113,7 @@ async fn cancel_fires_the_handlers_token_and_silences_the_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_flowing_stream_within_what_its_window_allowed() {
     let server = echo_server().await;
-    let (handler, mut tokens) = reporting(|| endless(1000));
-    server.register(&path("endless"), handler).await.unwrap();
-    let mut raw = RawConn::connect(&server).await;
-    raw.send(&request_frame(1, &path("endless"), b"")).await;
-    let token = first_token(&mut tokens).await;
+    let (mut raw, token) = raw_stream_to(&server, "endless", || endless(1000)).await;
     let (mut received, mut granted) = (0, 0);
     // Past the first window, so the stream flows on grants.
     while received < 3 * planewire::codec::INITIAL_STREAM_WINDOW as usize {
@@ -192,11 +184,7 @@ async fn a_request_deadline_ends_a_silent_handler_with_deadline_exceeded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_connection_cancels_its_open_handlers() {
     let server = echo_server().await;
-    let (handler, mut tokens) = reporting(never);
-    server.register(&path("silent"), handler).await.unwrap();
-    let mut raw = RawConn::connect(&server).await;
-    raw.send(&request_frame(1, &path("silent"), b"")).await;
-    let token = first_token(&mut tokens).await;
+    let (raw, token) = raw_stream_to(&server, "silent", never).await;
     assert!(!token.is_cancelled());
     raw.stream.set_zero_linger().unwrap();
     drop(raw);
@@ -215,11 +203,7 @@ async fn a_request_over_the_concurrency_limit_gets_overloaded_and_the_connection
         },
     })
     .await;
-    let (handler, mut tokens) = reporting(never);
-    server.register(&path("held"), handler).await.unwrap();
-    let mut raw = RawConn::connect(&server).await;
-    raw.send(&request_frame(1, &path("held"), b"")).await;
-    let held = first_token(&mut tokens).await;
+    let (mut raw, held) = raw_stream_to(&server, "held", never).await;
     raw.send(&request_frame(3, &path("held"), b"")).await;
     let frames = until_terminal(&mut raw, 3).await;
     let (code, message) = error_of(&frames);
@@ -258,11 +242,7 @@ async fn a_failing_handler_gets_error_handler_with_its_message_and_the_connectio
 async fn an_oversize_response_item_gets_frame_too_large_and_the_connection_stays() {
     let server = echo_server_with_max_message(4096).await;
     // One item too large, then it would go on forever: only the server can end it.
-    let (handler, mut tokens) = reporting(|| endless(8192));
-    server.register(&path("huge"), handler).await.unwrap();
-    let mut raw = RawConn::connect(&server).await;
-    raw.send(&request_frame(1, &path("huge"), b"")).await;
-    let token = first_token(&mut tokens).await;
+    let (mut raw, token) = raw_stream_to(&server, "huge", || endless(8192)).await;
     let frames = until_terminal(&mut raw, 1).await;
     assert_eq!(frames_of(&frames, 1).len(), 1, "{frames:?}");
     let (code, message) = error_of(&frames);

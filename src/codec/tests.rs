@@ -845,11 +845,20 @@ fn read_like_a_socket(dec: &mut FrameDecoder, buf: &mut BytesMut, wire: &[u8]) -
     }
 }
 
-fn medium_data(stream_id: u64, fill: u8) -> BytesMut {
+/// A DATA frame's bytes with `len` bytes of payload, each the stream id's low byte.
+fn filled_data(stream_id: u64, len: usize) -> BytesMut {
     encode(&Frame::Data {
         stream_id,
-        payload: Bytes::from(vec![fill; 64 * 1024]),
+        payload: Bytes::from(vec![stream_id as u8; len]),
     })
+}
+
+/// The one frame `wire` decodes to, read as from a socket.
+fn only_frame(dec: &mut FrameDecoder, buf: &mut BytesMut, wire: &[u8]) -> Frame {
+    let [frame]: [Frame; 1] = read_like_a_socket(dec, buf, wire)
+        .try_into()
+        .unwrap_or_else(|frames: Vec<Frame>| panic!("one frame, got {}", frames.len()));
+    frame
 }
 
 #[test]
@@ -862,10 +871,7 @@ fn medium_frames_reuse_a_retired_buffer_once_its_frames_are_dropped() {
     let mut in_buffer = 0;
     for i in 0..64u64 {
         let before = dec.spare();
-        let frames = read_like_a_socket(&mut dec, &mut buf, &medium_data(i, i as u8));
-        let [frame] = frames.as_slice() else {
-            panic!("one frame, got {}", frames.len());
-        };
+        let frame = only_frame(&mut dec, &mut buf, &filled_data(i, 64 * 1024));
         assert!(frame.payload().iter().all(|&b| b == i as u8));
         if dec.spare() != before {
             starts.push(frame.payload().as_ptr() as usize);
@@ -894,16 +900,10 @@ fn the_most_recently_retired_free_buffer_is_reused_first() {
     const FRAME: usize = 200 * 1024;
     let mut dec = decoder().with_spare();
     let mut buf = dec.new_buffer();
-    let wire = |i: u64| {
-        encode(&Frame::Data {
-            stream_id: i,
-            payload: Bytes::from(vec![i as u8; FRAME]),
-        })
-    };
     // Four frames kept alive at once: each lands in a buffer of its own, and the first
     // three buffers are retired, in that order, as the next frame moves on.
     let kept: Vec<Frame> = (1..=4)
-        .flat_map(|i| read_like_a_socket(&mut dec, &mut buf, &wire(i)))
+        .flat_map(|i| read_like_a_socket(&mut dec, &mut buf, &filled_data(i, FRAME)))
         .collect();
     let starts: Vec<usize> = kept.iter().map(|f| f.payload().as_ptr() as usize).collect();
     let distinct: std::collections::HashSet<_> = starts.iter().collect();
@@ -911,9 +911,7 @@ fn the_most_recently_retired_free_buffer_is_reused_first() {
     drop(kept);
     // All three are free now; the fifth frame takes the one retired last, the third
     // frame's, whose memory is the likeliest still in cache.
-    let [fifth] = read_like_a_socket(&mut dec, &mut buf, &wire(5))
-        .try_into()
-        .unwrap_or_else(|frames: Vec<Frame>| panic!("one frame, got {}", frames.len()));
+    let fifth = only_frame(&mut dec, &mut buf, &filled_data(5, FRAME));
     assert!(fifth.payload().iter().all(|&b| b == 5));
     assert_eq!(fifth.payload().as_ptr() as usize, starts[2]);
 }
@@ -924,16 +922,10 @@ fn six_1_mib_responses_held_by_their_callers_leave_buffers_enough_to_reuse() {
     const HELD: usize = 6;
     let mut dec = decoder().with_spare();
     let mut buf = dec.new_buffer();
-    let wire = |i: u64| {
-        encode(&Frame::Data {
-            stream_id: i,
-            payload: Bytes::from(vec![i as u8; FRAME]),
-        })
-    };
     // At 1 MiB × 64 in flight a client's callers hold several responses at once: each
     // lands in a buffer of its own, and the buffers left behind are retired for reuse.
     let held: Vec<Frame> = (1..=HELD as u64 + 1)
-        .flat_map(|i| read_like_a_socket(&mut dec, &mut buf, &wire(i)))
+        .flat_map(|i| read_like_a_socket(&mut dec, &mut buf, &filled_data(i, FRAME)))
         .collect();
     let first_round: std::collections::HashSet<usize> =
         held.iter().map(|f| f.payload().as_ptr() as usize).collect();
@@ -947,9 +939,7 @@ fn six_1_mib_responses_held_by_their_callers_leave_buffers_enough_to_reuse() {
     // Once the callers drop them, the next responses land in those buffers, not in
     // fresh memory the kernel must fault in.
     for i in 10..10 + HELD as u64 {
-        let [frame] = read_like_a_socket(&mut dec, &mut buf, &wire(i))
-            .try_into()
-            .unwrap_or_else(|frames: Vec<Frame>| panic!("one frame, got {}", frames.len()));
+        let frame = only_frame(&mut dec, &mut buf, &filled_data(i, FRAME));
         assert!(frame.payload().iter().all(|&b| b == i as u8));
         assert!(
             first_round.contains(&(frame.payload().as_ptr() as usize)),

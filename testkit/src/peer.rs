@@ -8,7 +8,7 @@ use planewire::planes::request::{HandlerError, Request, RequestPlaneServer};
 use planewire::tcp::TcpServer;
 use tokio_util::sync::CancellationToken;
 
-use crate::raw::{RawConn, frames_of};
+use crate::raw::{RawConn, frames_of, request_frame};
 use crate::tcp::path;
 use crate::within;
 
@@ -114,6 +114,24 @@ where
         responses()
     };
     (handler, rx)
+}
+
+/// Serves `responses` at `endpoint` on `server` through a [`reporting`] handler, opens
+/// stream 1 to it on a fresh raw connection, and returns the connection and the
+/// handler's token once the handler has started.
+pub async fn raw_stream_to<S>(
+    server: &TcpServer,
+    endpoint: &str,
+    responses: impl Fn() -> S + Send + Sync + 'static,
+) -> (RawConn, CancellationToken)
+where
+    S: futures::Stream<Item = Result<Bytes, HandlerError>> + Send + 'static,
+{
+    let (handler, mut tokens) = reporting(responses);
+    server.register(&path(endpoint), handler).await.unwrap();
+    let mut raw = RawConn::connect(server).await;
+    raw.send(&request_frame(1, &path(endpoint), b"")).await;
+    (raw, first_token(&mut tokens).await)
 }
 
 /// Items of `size` bytes for as long as the server polls.
