@@ -46,8 +46,9 @@ struct Shared {
     send_gate: RwLock<()>,
     /// Fired when the connection is dead (reader or writer ended).
     closed: CancellationToken,
-    /// Mirrors `closed` for the pool's per-request checks: reading a token takes its lock,
-    /// which every caller on every thread would contend for.
+    /// Mirrors `closed` for the pool's per-request checks and the reader's every turn
+    /// (through [`ReaderWake`]): reading a token takes its lock, which every caller on
+    /// every thread would contend for.
     is_closed: AtomicBool,
     read_capacity: Arc<AtomicUsize>,
     max_frame_len: usize,
