@@ -297,7 +297,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.writing.advance(written);
-            if self.side == Side::Server {
+            // Only what still waits has a stall clock: once everything is written, the
+            // next `push` starts it again, so the usual write that empties the queue
+            // saves its clock read.
+            if self.side == Side::Server && self.queued() > 0 {
                 self.last_progress = Instant::now();
             }
         }

@@ -239,19 +239,24 @@ impl Connection {
                     // The rest of what that read brought, while the answers have room:
                     // one turn of this loop (its clocks, its signals) per read, not per
                     // frame. Bounded by one read buffer.
-                    Ok(Some(mut frame)) => loop {
-                        if let Err(how) = self.on_frame(frame, reader.last_read()) {
+                    Ok(Some(mut frame)) => {
+                        loop {
+                            if let Err(how) = self.on_frame(frame, reader.last_read()) {
+                                return how;
+                            }
+                            if self.writer.queued() >= OUTPUT_BUDGET {
+                                break;
+                            }
+                            match reader.buffered_frame() {
+                                Ok(Some(next)) => frame = next,
+                                Ok(None) => break,
+                                Err(err) => return self.on_decode_error(err),
+                            }
+                        }
+                        if let Err(how) = self.write_now() {
                             return how;
                         }
-                        if self.writer.queued() >= OUTPUT_BUDGET {
-                            break;
-                        }
-                        match reader.buffered_frame() {
-                            Ok(Some(next)) => frame = next,
-                            Ok(None) => break,
-                            Err(err) => return self.on_decode_error(err),
-                        }
-                    },
+                    }
                     Ok(None) => self.read_closed = true,
                     Err(err) => return self.on_decode_error(err),
                 },
@@ -263,11 +268,13 @@ impl Connection {
                             Err(_) => break,
                         }
                     }
+                    if let Err(how) = self.write_now() {
+                        return how;
+                    }
                 }
                 written = self.writer.flush(), if queued > 0 => {
                     if let Err(err) = written {
-                        tracing::debug!(peer = %self.peer, %err, "write failed; closing");
-                        return Close::Broken;
+                        return self.write_failed(&err);
                     }
                 }
                 () = &mut timer, if armed.is_some() => {
@@ -278,6 +285,26 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Writes what the socket takes now, in the turn that queued it. Leaving it to the
+    /// `select!`'s flush would cost a turn of the loop (its clocks, its signals, a read
+    /// that finds nothing) per request at concurrency 1, and hold the answers back
+    /// behind that turn. What the socket does not take waits for that flush, whose poll
+    /// registers this task for the socket's room.
+    fn write_now(&mut self) -> Result<(), Close> {
+        if self.writer.queued() == 0 {
+            return Ok(());
+        }
+        self.writer
+            .flush_now()
+            .map(drop)
+            .map_err(|err| self.write_failed(&err))
+    }
+
+    fn write_failed(&self, err: &std::io::Error) -> Close {
+        tracing::debug!(peer = %self.peer, %err, "write failed; closing");
+        Close::Broken
     }
 
     /// The timeouts that apply now, each with when it fires: output stuck behind a peer
