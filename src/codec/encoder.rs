@@ -128,6 +128,12 @@ impl WriteQueue {
     pub fn is_empty(&self) -> bool {
         self.remaining == 0
     }
+
+    /// Whether everything left is in one chunk (no large payload is queued), which
+    /// [`chunk`](Buf::chunk) then returns whole.
+    pub fn is_one_chunk(&self) -> bool {
+        self.chunks.is_empty()
+    }
 }
 
 impl Buf for WriteQueue {

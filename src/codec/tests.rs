@@ -563,6 +563,36 @@ fn write_queue_keeps_large_payloads_uncopied_and_in_order() {
     assert_eq!(decode_all(&mut decoder(), &mut wire).unwrap(), frames);
 }
 
+#[test]
+fn write_queue_of_small_frames_is_one_chunk_holding_every_byte() {
+    let mut q = WriteQueue::new();
+    q.push(&request(1, b"small"), MAX).unwrap();
+    q.push(&request(2, b"also small"), MAX).unwrap();
+    assert!(q.is_one_chunk());
+    assert_eq!(q.chunk().len(), q.remaining(), "one write takes it all");
+
+    let big = Bytes::from(vec![9u8; FLATTEN_BELOW]);
+    q.push(
+        &Frame::Data {
+            stream_id: 1,
+            payload: big,
+        },
+        MAX,
+    )
+    .unwrap();
+    let end = Frame::End {
+        stream_id: 1,
+        payload: Bytes::from_static(b"tail"),
+    };
+    q.push(&end, MAX).unwrap();
+    assert!(!q.is_one_chunk(), "a large payload is a chunk of its own");
+    // Past the large payload, only the flattened END is left.
+    let tail = end.wire_len();
+    q.advance(q.remaining() - tail);
+    assert!(q.is_one_chunk());
+    assert_eq!(q.chunk().len(), tail);
+}
+
 fn arb_utf8(max: usize) -> impl Strategy<Value = String> {
     proptest::collection::vec(any::<char>(), 0..max).prop_map(|v| v.into_iter().collect())
 }

@@ -290,9 +290,16 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                     return Poll::Ready(Ok(()));
                 }
             }
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let n = self.writing.chunks_vectored(&mut slices);
-            let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]))?;
+            let io = Pin::new(&mut self.io);
+            let written = if self.writing.is_one_chunk() {
+                // Small frames only, the usual case: a plain write, without filling an
+                // array of iovecs, which cost more than encoding a small frame.
+                ready!(io.poll_write(cx, self.writing.chunk()))?
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let n = self.writing.chunks_vectored(&mut slices);
+                ready!(io.poll_write_vectored(cx, &slices[..n]))?
+            };
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
