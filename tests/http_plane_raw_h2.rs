@@ -86,17 +86,17 @@ fn post(address: SocketAddr, endpoint: &str, headers: &[(&str, &str)]) -> http::
     request.body(()).unwrap()
 }
 
-/// A POST of `body` (with END_STREAM) to `endpoint` on `send`'s connection: the status
-/// and the response body as text, or the error that stopped it (a GOAWAY, say).
+/// A POST with no body to `endpoint` on `send`'s connection: the status and the
+/// response body as text, or the error that stopped it (a GOAWAY, say). END_STREAM is
+/// on the HEADERS: a body sent after them could meet a reset, for the server answers a
+/// refusal without reading the body and then resets the stream.
 async fn call(
     send: &SendRequest<Bytes>,
     address: SocketAddr,
     endpoint: &str,
-    body: &'static str,
 ) -> Result<(u16, String), h2::Error> {
     let mut send = send.clone().ready().await?;
-    let (response, mut stream) = send.send_request(post(address, endpoint, &[]), false)?;
-    stream.send_data(Bytes::from_static(body.as_bytes()), true)?;
+    let (response, _) = send.send_request(post(address, endpoint, &[]), true)?;
     read(response).await
 }
 
@@ -133,10 +133,15 @@ async fn half_sent(
     let mut ready = send.clone().ready().await.unwrap();
     let head = post(address, "echo", &[("pw-timeout-ms", "600000")]);
     let (mut response, mut body) = ready.send_request(head, false).unwrap();
-    body.send_data(Bytes::from_static(b"the first half"), false)
-        .unwrap();
+    if body
+        .send_data(Bytes::from_static(b"the first half"), false)
+        .is_err()
+    {
+        // Refused, as a probe held the slot, and reset before the body could go.
+        return None;
+    }
     loop {
-        match call(send, address, "echo", "probe").await.unwrap() {
+        match call(send, address, "echo").await.unwrap() {
             (200, _) => *served += 1,
             (status, text) => {
                 assert_eq!(status, 503, "{text}");
@@ -179,8 +184,8 @@ async fn a_body_reset_halfway_is_not_run_and_frees_its_slot() {
     body.send_reset(h2::Reason::CANCEL);
     within("the slot to be free again", async {
         loop {
-            match call(&send, address, "echo", "next").await.unwrap() {
-                (200, text) => return assert_eq!(text, "item 4\nnext\nend\n"),
+            match call(&send, address, "echo").await.unwrap() {
+                (200, text) => return assert_eq!(text, "item 0\n\nend\n"),
                 (status, text) => assert_eq!(status, 503, "{text}"),
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -229,7 +234,7 @@ async fn at_shutdown_a_connection_gets_goaway_only_once_its_open_stream_is_done(
     // connection: no GOAWAY has come while the held stream is open.
     let (status, text) = within("a new stream to be refused", async {
         loop {
-            let answer = call(&send, address, "echo", "new").await;
+            let answer = call(&send, address, "echo").await;
             match answer.expect("no GOAWAY while a stream is open") {
                 (200, _) => continue,
                 refused => return refused,
@@ -243,7 +248,7 @@ async fn at_shutdown_a_connection_gets_goaway_only_once_its_open_stream_is_done(
     // this round trip the client knows of any GOAWAY sent by the time of the refusal.
     let pong = ping.ping(h2::Ping::opaque());
     within("a PING round trip", pong).await.unwrap();
-    let again = call(&send, address, "echo", "again").await;
+    let again = call(&send, address, "echo").await;
     let (status, text) = again.expect("no GOAWAY while a stream is open");
     assert_eq!(status, 503, "{text}");
 
@@ -254,7 +259,7 @@ async fn at_shutdown_a_connection_gets_goaway_only_once_its_open_stream_is_done(
     closed
         .unwrap()
         .expect("a GOAWAY without error, then the close");
-    let late = call(&send, address, "echo", "late").await.unwrap_err();
+    let late = call(&send, address, "echo").await.unwrap_err();
     assert!(late.is_go_away() && late.is_remote(), "{late:?}");
     within("the shutdown", shutdown).await.unwrap();
 }
