@@ -15,8 +15,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use planewire::planes::request::http::{HttpClient, HttpConfig, HttpServer};
 use planewire::planes::request::{
-    CancellationToken, EndpointPath, HandlerError, Request, RequestPlaneClient, RequestPlaneServer,
-    ServerLimits, unary_handler,
+    CancellationToken, EndpointPath, HandlerError, Request, RequestError, RequestPlaneClient,
+    RequestPlaneServer, ServerLimits, unary_handler,
 };
 use planewire::vocab::ErrorCode;
 use planewire_testkit::tcp::path;
@@ -159,6 +159,54 @@ async fn handlers_see_custom_headers_but_not_http_ones() {
     assert_eq!(
         (status, body.as_str()),
         (200, "item 12\nx-request-id\nend\n")
+    );
+    server.shutdown().await;
+}
+
+/// §12: a header map that uses a name HTTP owns, or `pw-timeout-ms`, in any case, is
+/// refused by the client with an error naming the header, before anything is sent: no
+/// handler runs for it, and the client's next request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_refuses_a_header_map_using_a_reserved_name_naming_it() {
+    let server = HttpServer::bind(config(), ServerLimits::default())
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let handler = unary_handler(move |req: Request| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let names: Vec<&str> = req.headers.iter().map(|(name, _)| name).collect();
+        let names = Bytes::from(names.join(","));
+        async move { Ok(names) }
+    });
+    let inspect = path("inspect");
+    server.register(&inspect, handler).await.unwrap();
+    let address = server.address(&inspect);
+    let client = HttpClient::new(config()).unwrap();
+    for name in ["content-type", "pw-timeout-ms", "Host", "user-agent"] {
+        let mut request = Request::new(&inspect, Bytes::new());
+        request.headers.insert(name, "1");
+        let err = client.unary(&address, request).await.unwrap_err();
+        assert!(
+            matches!(err, RequestError::Encode { .. }),
+            "{name}: {err:?}"
+        );
+        let named = format!("header {name} is reserved on the HTTP/2 plane");
+        assert!(err.to_string().contains(&named), "{err}");
+    }
+    let mut request = Request::new(&inspect, Bytes::new());
+    request.headers.insert("x-trace", "1");
+    let names = within(
+        "a request after the refusals",
+        client.unary(&address, request),
+    )
+    .await
+    .unwrap();
+    assert_eq!(names, "x-trace");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "a refused request was sent"
     );
     server.shutdown().await;
 }

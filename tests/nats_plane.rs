@@ -1,5 +1,5 @@
 //! The NATS request plane's own behaviour against a real nats-server: service tooling,
-//! max_payload, garbage on the wire, lost replies and links, overflowing streams. What
+//! max_payload, garbage on the wire, lost links, overflowing streams. What
 //! every plane shares is in `request_planes.rs`.
 
 use planewire_testkit::nats;
@@ -340,87 +340,6 @@ async fn dropping_a_stream_midway_cancels_the_handler_over_nats() {
     })
     .await;
     server.shutdown().await;
-}
-
-/// A stand-in server on `subject` answering every request with `replies`
-/// (`(Pw-Seq header or None, payload)`), to feed the client what a real server never sends.
-async fn fake_server(
-    nats: &NatsServer,
-    subject: String,
-    replies: Vec<(Option<&'static str>, &'static str)>,
-) -> tokio::task::JoinHandle<()> {
-    let raw = nats_client(nats).await;
-    let mut requests = raw.subscribe(subject).await.unwrap();
-    // A request answered (503) after the SUB proves the server has processed it.
-    let _ = raw.request(raw.new_inbox(), Bytes::new()).await;
-    tokio::spawn(async move {
-        while let Some(request) = requests.next().await {
-            let reply = request.reply.unwrap();
-            for (seq, payload) in &replies {
-                let mut headers = async_nats::HeaderMap::new();
-                if let Some(seq) = seq {
-                    headers.insert("Pw-Seq", *seq);
-                }
-                raw.publish_with_headers(
-                    reply.clone(),
-                    headers,
-                    Bytes::from_static(payload.as_bytes()),
-                )
-                .await
-                .unwrap();
-            }
-            raw.flush().await.unwrap();
-        }
-    })
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_response_is_an_error_on_the_stream_not_a_hang() {
-    let Some(nats) = NatsServer::start() else {
-        return;
-    };
-    let (_server, client) = nats_pair(&nats).await;
-    let gap = subject(&path("gap"));
-    let fake = fake_server(
-        &nats,
-        gap.clone(),
-        vec![(Some("0"), "first"), (Some("2"), "third")],
-    )
-    .await;
-    let mut responses = client
-        .request(&gap, Request::new(&path("gap"), Bytes::new()))
-        .await
-        .unwrap();
-    let first = within("the first response", responses.next())
-        .await
-        .unwrap();
-    assert_eq!(first.unwrap(), Bytes::from_static(b"first"));
-    let err = within("the gap error", responses.next())
-        .await
-        .unwrap()
-        .unwrap_err();
-    assert!(err.to_string().contains("#1"), "{err}");
-    assert!(!err.is_timeout());
-    assert!(within("the end", responses.next()).await.is_none());
-    fake.abort();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reply_without_a_sequence_number_is_an_error() {
-    let Some(nats) = NatsServer::start() else {
-        return;
-    };
-    let (_server, client) = nats_pair(&nats).await;
-    let bare = subject(&path("bare"));
-    let fake = fake_server(&nats, bare.clone(), vec![(None, "who am I")]).await;
-    let err = within(
-        "the missing-sequence error",
-        client.unary(&bare, Request::new(&path("bare"), Bytes::new())),
-    )
-    .await
-    .unwrap_err();
-    assert!(err.to_string().contains("Pw-Seq"), "{err}");
-    fake.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

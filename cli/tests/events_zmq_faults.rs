@@ -2,12 +2,13 @@
 //! (SIGSTOP) while its publisher floods, and a connection cut and refused for seconds
 //! between a publisher process and a subscriber.
 //!
-//! Peers that break ZMTP, written by hand: subscribers against a publisher, and a
-//! publisher against a subscriber.
+//! Subscribers that break ZMTP, written by hand, against a publisher; a hand-written
+//! publisher against a subscriber is in `events_zmq_raw_publishers.rs`.
 
 mod common;
 
 use common::planewire_bin;
+use common::zmtp::{next_event, zmq_plane, zmtp_hello};
 use planewire_testkit::proxy;
 
 use std::net::SocketAddr;
@@ -15,11 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use planewire::nats::{NatsConfig, NatsLink};
 use planewire::planes::discovery::{Discovery, FileStore, KvStore, MemoryStore};
 use planewire::planes::events::{
-    DEFAULT_SUBSCRIBER_BUFFER, EventPlane, EventPlaneConfig, EventPlaneKind, EventScope,
-    Subscription, ZMQ_MAX_MESSAGE, ZMQ_PEER_QUEUE_MESSAGES, ZMQ_RECONNECT_MAX,
+    DEFAULT_SUBSCRIBER_BUFFER, EventScope, ZMQ_PEER_QUEUE_MESSAGES, ZMQ_RECONNECT_MAX,
 };
 use planewire_bin::{PATIENCE, Running, Setup};
 use proxy::Proxy;
@@ -171,25 +170,6 @@ fn a_stopped_subscriber_costs_its_publisher_a_bounded_queue() {
     assert!(subscriber.wait().success());
 }
 
-/// The zmq plane on loopback, over `discovery`.
-async fn zmq_plane(discovery: &Discovery) -> EventPlane {
-    let config = EventPlaneConfig {
-        kind: EventPlaneKind::Zmq,
-        host: Some("127.0.0.1".parse().unwrap()),
-        ..EventPlaneConfig::default()
-    };
-    EventPlane::connect(&config, discovery, &no_nats())
-        .await
-        .unwrap()
-}
-
-async fn next_event(sub: &mut Subscription) -> planewire::planes::events::Event {
-    tokio::time::timeout(PATIENCE, sub.next())
-        .await
-        .expect("an event in time")
-        .expect("the subscription goes on")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_outage_a_subscriber_is_back_within_a_second_and_counts_what_it_missed() {
     // A publisher process, an event every 2 ms, registered in a file store...
@@ -259,19 +239,6 @@ async fn after_an_outage_a_subscriber_is_back_within_a_second_and_counts_what_it
         (missed, 0),
         "the events sent during the outage are counted as a gap: {stats:?}"
     );
-}
-
-/// PROTOCOL.md §10.3's greeting, and a READY announcing `socket_type`.
-fn zmtp_hello(socket_type: &[u8]) -> Vec<u8> {
-    let mut bytes = vec![0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0x7F, 3, 0];
-    bytes.extend(b"NULL");
-    bytes.resize(64, 0);
-    let mut body = b"\x05READY\x0bSocket-Type".to_vec();
-    body.extend((socket_type.len() as u32).to_be_bytes());
-    body.extend(socket_type);
-    bytes.extend([0x04, body.len() as u8]);
-    bytes.extend(body);
-    bytes
 }
 
 /// Writes `bytes` to a raw connection to `address` and reads until the publisher closes
@@ -358,149 +325,4 @@ async fn a_publisher_closes_peers_that_break_zmtp_and_serves_the_rest() {
     .await
     .expect("the well-behaved subscriber hears the publisher");
     assert_eq!(heard.payload, "still here");
-}
-
-/// A hand-written ZMTP publisher's side of a connection from a planewire subscriber:
-/// greetings and READYs exchanged, read up to the subscription.
-async fn accept_subscriber(listener: &tokio::net::TcpListener) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let accepted = tokio::time::timeout(PATIENCE, listener.accept()).await;
-    let (mut conn, _) = accepted.expect("the subscriber connects").unwrap();
-    conn.write_all(&zmtp_hello(b"PUB")).await.unwrap();
-    let mut greeting = [0; 64];
-    conn.read_exact(&mut greeting).await.unwrap();
-    loop {
-        let mut head = [0; 2];
-        conn.read_exact(&mut head).await.unwrap();
-        assert_eq!(head[0] & 0x02, 0, "a subscriber's frames are short");
-        let mut body = vec![0; usize::from(head[1])];
-        conn.read_exact(&mut body).await.unwrap();
-        let command = head[0] & 0x04 != 0;
-        if !command && body.first() == Some(&1) {
-            return conn;
-        }
-    }
-}
-
-/// Reads `conn` until the subscriber closes it (or resets it), failing with `what`.
-async fn closed_by_subscriber(mut conn: tokio::net::TcpStream, what: &str) {
-    use tokio::io::AsyncReadExt;
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut rest)).await;
-    closed.expect(what).ok();
-}
-
-/// Accepts the subscriber's next connection, sends it the event `sequence` (see
-/// [`zmtp_event`]) and checks `sub` gets it; returns the connection.
-async fn heard_again(
-    listener: &tokio::net::TcpListener,
-    sub: &mut Subscription,
-    subject: &str,
-    sequence: u64,
-    payload: &'static str,
-) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let mut conn = accept_subscriber(listener).await;
-    conn.write_all(&zmtp_event(subject, sequence, payload.as_bytes()))
-        .await
-        .unwrap();
-    assert_eq!(next_event(sub).await.payload, payload);
-    conn
-}
-
-/// The event `sequence` of publisher 7 on topic `kv` as one 3-frame ZMTP message
-/// (§10.3); frames over 255 bytes use the 8-byte size.
-fn zmtp_event(subject: &str, sequence: u64, payload: &[u8]) -> Vec<u8> {
-    let event = planewire::planes::events::Event {
-        publisher_id: 7,
-        sequence,
-        published_at: std::time::SystemTime::now(),
-        topic: "kv".into(),
-        payload: Default::default(),
-    };
-    let header = event.encode_header();
-    let mut bytes = Vec::new();
-    for (flags, frame) in [
-        (0x01, subject.as_bytes()),
-        (0x01, &header[..]),
-        (0, payload),
-    ] {
-        match u8::try_from(frame.len()) {
-            Ok(len) => bytes.extend([flags, len]),
-            Err(_) => {
-                bytes.push(flags | 0x02);
-                bytes.extend((frame.len() as u64).to_be_bytes());
-            }
-        }
-        bytes.extend(frame);
-    }
-    bytes
-}
-
-/// §10.3, subscriber side, against a hand-written publisher: a message over 64 MiB is
-/// read past and counted as malformed, and the next one read; a frame with reserved flag
-/// bits ends the connection, and so does a peer announcing a socket type other than PUB
-/// or XPUB; each time the subscriber reconnects, as discovery still lists the
-/// publisher, and hears it again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscriber_skips_oversize_messages_and_drops_a_publisher_that_breaks_zmtp() {
-    use tokio::io::AsyncWriteExt;
-    // The publisher's port first: its discovery record names it.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let discovery = Discovery::new(Arc::new(MemoryStore::new()), Duration::from_secs(10));
-    let plane = zmq_plane(&discovery).await;
-    let scope = EventScope::new("test", "raw-publisher").unwrap();
-    let mut sub = plane
-        .subscriber(scope.clone())
-        .subscribe("kv")
-        .await
-        .unwrap();
-    let value = format!(
-        r#"{{"address":"tcp://{}","publisher_id":"0000000000000007"}}"#,
-        listener.local_addr().unwrap()
-    );
-    let key = format!("{}0000000000000007", scope.channels_prefix());
-    let _registration = discovery.register_key(key, value.into()).await.unwrap();
-    let subject = scope.subject("kv");
-
-    let mut conn = accept_subscriber(&listener).await;
-    conn.write_all(&zmtp_event(&subject, 0, b"first"))
-        .await
-        .unwrap();
-    let oversize = vec![b'x'; ZMQ_MAX_MESSAGE];
-    conn.write_all(&zmtp_event(&subject, 1, &oversize))
-        .await
-        .unwrap();
-    conn.write_all(&zmtp_event(&subject, 1, b"after the oversize one"))
-        .await
-        .unwrap();
-    assert_eq!(next_event(&mut sub).await.payload, "first");
-    // Not assert_eq: a failure would print 64 MiB.
-    let next = next_event(&mut sub).await.payload;
-    assert!(
-        next == "after the oversize one",
-        "a {}-byte event",
-        next.len()
-    );
-    assert_eq!(sub.stats().malformed, 1, "{:?}", sub.stats());
-
-    // Flag bit 0x80 is reserved.
-    conn.write_all(&[0x80, 1, b'x']).await.unwrap();
-    closed_by_subscriber(conn, "the subscriber closes the connection").await;
-    let conn = heard_again(&listener, &mut sub, &subject, 2, "reconnected").await;
-
-    // The publisher goes; what answers next at its address is a REQ socket.
-    drop(conn);
-    let accepted = tokio::time::timeout(PATIENCE, listener.accept()).await;
-    let (mut req, _) = accepted.expect("the subscriber reconnects").unwrap();
-    req.write_all(&zmtp_hello(b"REQ")).await.unwrap();
-    closed_by_subscriber(req, "the subscriber ends the handshake").await;
-    heard_again(&listener, &mut sub, &subject, 3, "after the REQ peer").await;
-    let stats = sub.stats();
-    assert_eq!((stats.gaps, stats.duplicates), (0, 0), "{stats:?}");
-}
-
-/// The zmq transport uses no NATS connection; the plane is given an unconnected link.
-fn no_nats() -> NatsLink {
-    NatsLink::new(NatsConfig::default())
 }

@@ -394,10 +394,20 @@ impl NatsResponses {
             ))));
         };
         if seq != self.next_seq {
-            return Some(Err(self.abandon(format!(
-                "response #{} from {} was lost (the next one received was #{seq})",
-                self.next_seq, self.address
-            ))));
+            // A lower number is one already received (or older than it): calling it
+            // lost would send whoever debugs it after a missing message.
+            let reason = if seq < self.next_seq {
+                format!(
+                    "response #{seq} from {} arrived again or out of order (expected #{})",
+                    self.address, self.next_seq
+                )
+            } else {
+                format!(
+                    "response #{} from {} was lost (the next one received was #{seq})",
+                    self.next_seq, self.address
+                )
+            };
+            return Some(Err(self.abandon(reason)));
         }
         self.next_seq += 1;
         if let Some(code) = header(NATS_SERVICE_ERROR_CODE) {
