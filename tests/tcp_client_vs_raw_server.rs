@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use planewire::codec::{ErrorCode, Frame, HEADER_LEN, RequestFrame};
 use planewire::planes::request::{Request, RequestError, RequestPlaneClient};
-use planewire::tcp::{TcpClient, TcpConfig};
+use planewire::tcp::{ResponseStream, TcpClient, TcpConfig};
 use planewire_testkit::scripted::*;
 use planewire_testkit::tcp::*;
 use planewire_testkit::within;
@@ -56,19 +56,9 @@ async fn strangers_an_answer_and_a_goaway_in_one_write_are_each_handled() {
         ])
     })
     .await;
-    let client = TcpClient::new(TcpConfig {
-        pool_size: 1,
-        ..tcp_config()
-    })
-    .unwrap();
-    let mut first = client
-        .call(&addr, Request::new(&path("echo"), "first"))
-        .await
-        .unwrap();
-    let mut second = client
-        .call(&addr, Request::new(&path("echo"), "second"))
-        .await
-        .unwrap();
+    let client = one_connection_client();
+    let mut first = open_echo(&client, &addr, "first").await;
+    let mut second = open_echo(&client, &addr, "second").await;
     let answer = within("the first answer", first.next()).await;
     assert_eq!(answer.unwrap().unwrap(), "answer");
     assert!(
@@ -106,10 +96,7 @@ async fn a_broken_server_gets_goaway_and_the_close(
         ..tcp_config()
     })
     .unwrap();
-    let mut stream = client
-        .call(&addr, Request::new(&path("echo"), "hello"))
-        .await
-        .unwrap();
+    let mut stream = open_echo(&client, &addr, "hello").await;
     match within("the stream's end", stream.next()).await {
         Some(Err(err @ RequestError::ConnectionLost { .. })) => {
             assert!(err.to_string().contains(cause), "{err}");
@@ -257,7 +244,7 @@ async fn a_ping_from_the_server_gets_its_pong_and_the_request_its_answer() {
         ])
     })
     .await;
-    let client = TcpClient::new(tcp_config()).unwrap();
+    let client = client();
     let answer = call_echo(&client, &addr, "the answer", "hello").await;
     assert_eq!(answer.unwrap(), "answer");
     // The PONG was queued before the answer reached the caller; closing sends it.
@@ -303,7 +290,7 @@ async fn after_a_graceful_goaway_the_open_stream_is_answered_and_new_calls_go_el
         (next, first.rest().await, second.rest().await)
     })
     .await;
-    let client = TcpClient::new(tcp_config()).unwrap();
+    let client = client();
     let answer = call_echo(&client, &addr, "the open stream's answer", "open").await;
     assert_eq!(answer.unwrap(), "answered while draining");
     let answer = call_echo(&client, &addr, "the call after the GOAWAY", "after").await;
@@ -336,11 +323,8 @@ async fn a_goaway_on_error_then_the_close_without_an_answer_fails_the_open_strea
         }])
     })
     .await;
-    let client = TcpClient::new(tcp_config()).unwrap();
-    let mut stream = client
-        .call(&addr, Request::new(&path("echo"), "hello"))
-        .await
-        .unwrap();
+    let client = client();
+    let mut stream = open_echo(&client, &addr, "hello").await;
     match within("the stream's end", stream.next()).await {
         Some(Err(err @ RequestError::ConnectionLost { .. })) => {
             assert!(err.to_string().contains(&addr), "{err}");
@@ -377,7 +361,7 @@ async fn a_stream_cut_off_by_a_draining_server_gets_its_cancelled_error() {
         ])
     })
     .await;
-    let client = TcpClient::new(tcp_config()).unwrap();
+    let client = client();
     let err = call_echo(&client, &addr, "the stream's end", "hello")
         .await
         .unwrap_err();
@@ -439,11 +423,8 @@ async fn the_client_grants_the_window_back_as_its_caller_reads() {
         (stream_id, before_end, conn.rest().await)
     })
     .await;
-    let client = TcpClient::new(tcp_config()).unwrap();
-    let mut stream = client
-        .call(&addr, Request::new(&path("echo"), "a long answer"))
-        .await
-        .unwrap();
+    let client = client();
+    let mut stream = open_echo(&client, &addr, "a long answer").await;
     let read = within("every item and the end", async {
         let mut read = 0;
         while let Some(item) = stream.next().await {
@@ -537,7 +518,7 @@ fn answer(stream_id: u64) -> Vec<u8> {
 
 /// A client whose one call to `addr` got "answer" back.
 async fn answered_client(addr: &str) -> TcpClient {
-    let client = TcpClient::new(tcp_config()).unwrap();
+    let client = client();
     let reply = call_echo(&client, addr, "the answer", "hello").await;
     assert_eq!(reply.unwrap(), "answer");
     client
@@ -545,6 +526,14 @@ async fn answered_client(addr: &str) -> TcpClient {
 
 /// A unary call of `payload` to the scripted server's echo path, within the tests'
 /// patience (`what` names it if it takes longer).
+/// Opens a stream to the echo endpoint, which the scripted server answers as it likes.
+async fn open_echo(client: &TcpClient, addr: &str, payload: &'static str) -> ResponseStream {
+    client
+        .call(addr, Request::new(&path("echo"), payload))
+        .await
+        .unwrap()
+}
+
 async fn call_echo(
     client: &TcpClient,
     addr: &str,
