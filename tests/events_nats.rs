@@ -7,57 +7,21 @@ use planewire_testkit::events_suite as suite;
 use planewire_testkit::nats;
 
 use std::net::TcpListener;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use planewire::nats::{NatsAuth, NatsConfig, NatsLink};
-use planewire::planes::discovery::{Discovery, MemoryStore};
+use planewire::nats::{NatsAuth, NatsConfig};
 use planewire::planes::events::{
-    ENVELOPE_HEADER_LEN, EventError, EventPlane, EventPlaneConfig, EventPlaneKind, EventPublisher,
-    Subscription,
+    ENVELOPE_HEADER_LEN, EventError, EventPlaneConfig, EventPublisher, Subscription,
 };
 
 use nats::{NatsOptions, NatsServer};
 use planewire_testkit::within;
 
-/// What a plane of these tests is made with: the event plane's settings and NATS's.
-#[derive(Clone)]
-struct Config {
-    events: EventPlaneConfig,
-    nats: NatsConfig,
-}
-
-fn config(url: &str, durable: bool) -> Config {
-    Config {
-        events: EventPlaneConfig {
-            kind: EventPlaneKind::Nats,
-            durable,
-            ..EventPlaneConfig::default()
-        },
-        nats: NatsConfig {
-            url: url.to_owned(),
-            ..NatsConfig::default()
-        },
-    }
-}
-
-/// A plane on a connection of its own.
-async fn connect(config: &Config) -> Result<EventPlane, EventError> {
-    let discovery = Discovery::new(Arc::new(MemoryStore::new()), Duration::from_secs(10));
-    let link = NatsLink::new(config.nats.clone());
-    EventPlane::connect(&config.events, &discovery, &link).await
-}
-
-/// Two planes on two NATS clients: what publishes and what subscribes.
-async fn two_planes(server: &NatsServer, durable: bool) -> (EventPlane, EventPlane) {
-    let config = config(&server.url(), durable);
-    let publishers = connect(&config).await.expect("connect publishers");
-    let subscribers = connect(&config).await.expect("connect subscribers");
-    assert_eq!(publishers.kind(), EventPlaneKind::Nats);
-    (publishers, subscribers)
-}
+#[path = "common/nats_events.rs"]
+mod nats_events;
+use nats_events::{Config, config, connect, two_planes};
 
 async fn publish_numbered(publisher: &EventPublisher, topic: &str, count: u64) {
     for i in 0..count {

@@ -5,38 +5,17 @@
 
 use planewire_testkit::events_suite as suite;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use planewire::nats::{NatsConfig, NatsLink};
-use planewire::planes::discovery::{Discovery, MemoryStore};
-use planewire::planes::events::{
-    EventPlane, EventPlaneConfig, EventPlaneKind, EventPublisher, EventScope, Subscription,
-};
+use planewire::planes::events::{EventPlane, EventPublisher, EventScope, Subscription};
 use planewire_testkit::nats::NatsServer;
 use planewire_testkit::within;
 
-/// Two core-NATS planes on two NATS clients: what publishes and what subscribes.
-async fn two_planes(server: &NatsServer) -> (EventPlane, EventPlane) {
-    let events = EventPlaneConfig {
-        kind: EventPlaneKind::Nats,
-        ..EventPlaneConfig::default()
-    };
-    let nats = NatsConfig {
-        url: server.url(),
-        ..NatsConfig::default()
-    };
-    let connect = || async {
-        let discovery = Discovery::new(Arc::new(MemoryStore::new()), Duration::from_secs(10));
-        let link = NatsLink::new(nats.clone());
-        EventPlane::connect(&events, &discovery, &link)
-            .await
-            .unwrap()
-    };
-    (connect().await, connect().await)
-}
+#[path = "common/nats_events.rs"]
+mod nats_events;
+use nats_events::two_planes;
 
 /// Two planes, a publisher and a subscription to `topic` of scope `namespace` that has
 /// heard the publisher (`suite::settle`): nothing published next is lost to a
@@ -55,7 +34,7 @@ struct Settled {
 /// `None` where NATS tests are skipped (see `NatsServer::start`).
 async fn settled(namespace: &str, topic: &str) -> Option<Settled> {
     let server = NatsServer::start()?;
-    let (publishers, subscribers) = two_planes(&server).await;
+    let (publishers, subscribers) = two_planes(&server, false).await;
     let scope = suite::scope(namespace);
     let publisher = publishers.publisher(scope.clone()).await.unwrap();
     let mut sub = subscribers
@@ -243,7 +222,7 @@ async fn a_plain_nats_subscriber_reads_the_documented_envelope() {
     let mut messages = plain.subscribe(subject.clone()).await.unwrap();
     // The server has the subscription before anything is published.
     plain.flush().await.unwrap();
-    let (publishers, _) = two_planes(&server).await;
+    let (publishers, _) = two_planes(&server, false).await;
     let publisher = publishers.publisher(scope).await.unwrap();
     let nanos = || {
         let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
