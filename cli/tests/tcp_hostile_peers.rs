@@ -324,3 +324,61 @@ async fn a_peer_that_stops_reading_is_closed_after_the_frame_timeout() {
     assert_echoes(&client(), &server.local_addr().to_string(), "still serving").await;
     drop(raw);
 }
+
+/// Item 8, the other side of the rule: output that keeps moving is not stalled, however
+/// long it takes in all. A peer with a small receive buffer reads a 12 MiB answer a
+/// little at a time, for several frame timeouts in all but never one without reading,
+/// and gets all of it. The write-stall clock must count from the last progress, not from
+/// when the answer was queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_keeps_reading_slowly_is_not_closed_as_stalled() {
+    const ANSWER: usize = 12 << 20;
+    const SIP: usize = 32 * 1024;
+    let tcp = TcpConfig {
+        frame_timeout: Duration::from_secs(1),
+        ..tcp_config()
+    };
+    let server = server_with_config(tcp, Duration::from_secs(1)).await;
+    let answer = Bytes::from(vec![b'a'; ANSWER]);
+    server
+        .register(
+            &path("big"),
+            planewire::planes::request::unary_handler(move |_req: Request| {
+                let answer = answer.clone();
+                async move { Ok(answer) }
+            }),
+        )
+        .await
+        .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut conn = socket.connect(server.local_addr()).await.unwrap();
+    let mut wire = BytesMut::new();
+    encode_frame(&request_frame(1, &path("big"), b""), usize::MAX, &mut wire).unwrap();
+    conn.write_all(&wire).await.unwrap();
+    // 32 KiB every 10 ms, about 3 MB/s: the 12 MiB take about 4 s, while what the
+    // socket buffers cannot hold waits in the server for well over the 1 s timeout.
+    let mut received = BytesMut::new();
+    let mut sip = vec![0u8; SIP];
+    let started = tokio::time::Instant::now();
+    // The END frame: its header, then the answer.
+    while received.len() < planewire::codec::HEADER_LEN + ANSWER {
+        let n = within("the next sip", conn.read(&mut sip)).await.unwrap();
+        assert!(
+            n > 0,
+            "closed after {} of {ANSWER} bytes, {:?} in",
+            received.len(),
+            started.elapsed()
+        );
+        received.extend_from_slice(&sip[..n]);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut decoder = planewire::codec::FrameDecoder::new(64 << 20, 64 << 20);
+    match decoder.decode_frame(&mut received).unwrap() {
+        Some(Frame::End { stream_id, payload }) => {
+            assert_eq!(stream_id, 1);
+            assert_eq!(payload.len(), ANSWER);
+        }
+        other => panic!("the answer came as {other:?}"),
+    }
+}
